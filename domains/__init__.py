@@ -1,0 +1,1 @@
+"""Domain packages: file formats, datasets, degradations and metrics for each field."""

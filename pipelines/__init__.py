@@ -1,0 +1,1 @@
+"""Entry points: the ``diffsr`` command line and the Python functions behind it."""

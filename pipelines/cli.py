@@ -1,0 +1,136 @@
+"""The ``diffsr`` command line.
+
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI (``--config`` YAML with
+``class_path``/``init_args``); ``degrade``, ``upscale``, ``evaluate``, ``demo`` and ``bench`` are
+plain commands. Errors in the input end with one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+EXIT_INPUT = 2
+
+
+def lightning_main(args: Sequence[str], run: bool = True):  # type: ignore[no-untyped-def]
+    """Run LightningCLI on ``args`` (``fit --config ...``); with ``run=False`` only build it."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.cli import LightningCLI
+
+    from toolkit.lightning import DiffusionSR
+
+    return LightningCLI(
+        DiffusionSR,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(args),
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="diffsr",
+        description="Diffusion super-resolution: fit, upscale, degrade, evaluate, bench, demo.",
+        epilog="fit/validate/test/predict take a LightningCLI config: diffsr fit --config configs/images/sr3_x2.yaml",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name in LIGHTNING_COMMANDS:
+        sub.add_parser(name, help=f"LightningCLI {name} (see 'diffsr {name} --help')", add_help=False)
+
+    d = sub.add_parser("degrade", help="write the low-resolution image a model is trained to invert")
+    d.add_argument("input")
+    d.add_argument("output")
+    d.add_argument("--scale", type=int, default=2, help="integer downsampling factor (default 2)")
+    d.add_argument("--operator", choices=["area", "gaussian"], default="area", help="degradation operator")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    u = sub.add_parser("upscale", help="super-resolve an image with a trained checkpoint")
+    u.add_argument("input")
+    u.add_argument("output")
+    u.add_argument("--checkpoint", required=True, help="checkpoint written by 'diffsr fit'")
+    _sampling_args(u)
+    u.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (1 = none)")
+    u.add_argument("--eta", type=float, default=None, help="DDIM eta (0 deterministic)")
+    u.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    e = sub.add_parser("evaluate", help="degrade, upscale and compare with bicubic; writes metrics.json and report.html")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--hr", nargs="+", required=True, metavar="FILE", help="high-resolution reference files")
+    e.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _sampling_args(e)
+
+    m = sub.add_parser("demo", help="train a small model on the shipped photos, evaluate it on held-back ones")
+    m.add_argument("--minutes", type=float, default=10.0, help="total time budget (training gets what evaluation leaves)")
+    m.add_argument("--out", default="runs/demo", help="output folder")
+    m.add_argument("--seed", type=int, default=0)
+
+    b = sub.add_parser("bench", help="time one engine sampling step against the bare network and MONAI's inferer")
+    b.add_argument("--size", type=int, nargs="+", default=[128, 128], help="high-resolution spatial size")
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--channels", type=int, default=3)
+    b.add_argument("--steps", type=int, default=10, help="sampling steps per timed run")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--device", default="cpu")
+    return p
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], default=None, help="sampler (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        lightning_main(argv)
+        return 0
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return EXIT_INPUT
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError) as exc:
+        print(f"diffsr {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipelines import api
+
+    if args.command == "degrade":
+        out = api.degrade(args.input, args.output, args.scale, args.operator, args.overwrite)
+        print(f"wrote {out}")
+    elif args.command == "upscale":
+        out = api.upscale(
+            args.input, args.output, args.checkpoint, args.steps, args.sampler, args.guidance, args.eta,
+            args.seed, args.overwrite, args.device,
+        )
+        print(f"wrote {out}")
+    elif args.command == "evaluate":
+        report = api.evaluate(args.checkpoint, args.hr, args.out, args.steps, args.sampler, args.seed, args.device)
+        print(json.dumps(report["methods"], indent=2))
+        print(f"report: {args.out}/report.html")
+    elif args.command == "demo":
+        from pipelines.demo import run_demo
+
+        run_demo(args.out, args.minutes, args.seed)
+    elif args.command == "bench":
+        from pipelines.bench import run_bench
+
+        print(json.dumps(run_bench(args.size, args.batch, args.channels, args.steps, args.repeats, args.device), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

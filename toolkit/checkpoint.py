@@ -1,0 +1,114 @@
+"""Load a trained model for inference from a checkpoint, validated and without executing code from it."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from toolkit.denoiser import UNetDenoiser, denoiser_from_config
+from toolkit.engine import SamplerOptions, sample_sr
+from toolkit.normalization import Normalization
+from toolkit.operators import Operator, operator_from_spec
+from toolkit.process import GaussianProcess
+from toolkit.samplers import Callback
+from toolkit.spaces import StateSpace, space_from_spec
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, or not a diffsr model."""
+
+
+@dataclass
+class SRModel:
+    """A trained super-resolution model ready for inference (EMA weights)."""
+
+    denoiser: UNetDenoiser
+    operator: Operator
+    space: StateSpace
+    process: GaussianProcess
+    normalization: Normalization
+    options: SamplerOptions
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return self.denoiser.channels
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.denoiser.spatial_dims
+
+    @property
+    def scale(self) -> tuple[int, ...]:
+        return self.operator.factors
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SRModel:
+        self.denoiser.to(device=device, dtype=dtype)
+        return self
+
+    @torch.no_grad()
+    def upscale(
+        self,
+        y: torch.Tensor,
+        generator: torch.Generator,
+        options: SamplerOptions | None = None,
+        callback: Callback | None = None,
+    ) -> torch.Tensor:
+        """Super-resolve ``y`` ``(B, C, *spatial)`` in data units; returns data units."""
+        if y.shape[1] != self.channels:
+            raise ValueError(f"input has {y.shape[1]} channels but the model was trained on {self.channels}")
+        if y.ndim - 2 != self.spatial_dims:
+            raise ValueError(f"input has {y.ndim - 2} spatial dims but the model is {self.spatial_dims}D")
+        p = next(self.denoiser.parameters())
+        yn = self.normalization.normalize(y.to(device=p.device, dtype=p.dtype))
+        x = sample_sr(self.denoiser, self.process, self.space, self.operator, yn, options or self.options, generator, callback)
+        return self.normalization.denormalize(x)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: tensors and plain data only, no code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or "diffsr" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a diffsr checkpoint (no 'diffsr' model description)")
+    fmt = ckpt["diffsr"].get("format")
+    if fmt != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {fmt!r} is not supported (expected {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> SRModel:
+    """Build an :class:`SRModel` from a checkpoint written by ``DiffusionSR`` (EMA weights)."""
+    ckpt = read_checkpoint(path)
+    spec = ckpt["diffsr"]
+    try:
+        denoiser = denoiser_from_config(spec["denoiser"])
+        operator = operator_from_spec(spec["operator"])
+        space = space_from_spec(spec["space"])
+        process = GaussianProcess(**spec["process"])
+        normalization = Normalization(**spec["normalization"])
+        options = SamplerOptions(**spec["sampler"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid model description ({exc})") from None
+    state = {k[len("ema."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
+    if not state:
+        state = {k[len("denoiser."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("denoiser.")}
+    try:
+        denoiser.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the model description ({str(exc).splitlines()[0]})") from None
+    denoiser.eval().requires_grad_(False)
+    return SRModel(denoiser, operator, space, process, normalization, options, spec).to(device)

@@ -1,0 +1,181 @@
+"""``DiffusionSR``: the LightningModule that trains and validates any engine configuration.
+
+It orchestrates; the maths is in the toolkit modules it is built from.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from toolkit.denoiser import UNetDenoiser
+from toolkit.engine import Consistency, SamplerOptions, condition, sample_sr
+from toolkit.metrics import consistency_psnr, psnr, ssim
+from toolkit.normalization import Normalization
+from toolkit.operators import AreaDownsample, Operator
+from toolkit.process import GaussianProcess
+from toolkit.samplers import SamplerName
+from toolkit.spaces import ResidualSpace, StateSpace
+from toolkit.utils import make_generator, upsample
+
+from toolkit.checkpoint import CHECKPOINT_FORMAT
+
+
+class DiffusionSR(pl.LightningModule):
+    """Conditional diffusion super-resolution (SR3 family) over any operator, state space and process.
+
+    Batches are dicts with ``"hr"`` ``(B, C, *S)`` in data units and optionally ``"lr"``; when
+    ``"lr"`` is absent the low-resolution input is made by ``operator`` on the fly, the same
+    operator that later constrains sampling and scores consistency.
+
+    Args:
+        denoiser: the network.
+        operator: the degradation ``y = A(x)``; default area downsampling by 2.
+        space: where diffusion runs; default residual over interpolation.
+        process: forward process; default cosine Gaussian with x0 prediction.
+        normalization: data units to network units; default [0, 1] -> [-1, 1]. A datamodule
+            with a ``normalization`` attribute overrides it at fit time.
+        sampler, sampling_steps, eta, guidance_scale, consistency: sampling defaults stored in
+            the checkpoint (see :class:`toolkit.engine.SamplerOptions`).
+        lr: AdamW learning rate (cosine decay after a linear warm-up).
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warm-up.
+        ema_decay: EMA decay of the weights used for sampling (warmed up as ``(1+n)/(10+n)``).
+        cond_drop_prob: probability of dropping the condition (classifier-free guidance).
+        data_range: data units spanned by the signal, for PSNR/SSIM (1 for [0, 1] images).
+        val_seed: seed of validation sampling.
+    """
+
+    def __init__(
+        self,
+        denoiser: UNetDenoiser,
+        operator: Operator | None = None,
+        space: StateSpace | None = None,
+        process: GaussianProcess | None = None,
+        normalization: Normalization | None = None,
+        sampler: SamplerName = "ddim",
+        sampling_steps: int = 20,
+        eta: float = 0.0,
+        guidance_scale: float = 1.0,
+        consistency: Consistency = "final",
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        ema_decay: float = 0.999,
+        cond_drop_prob: float = 0.1,
+        data_range: float = 1.0,
+        val_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.ema = copy.deepcopy(denoiser).requires_grad_(False)
+        self.operator = operator or AreaDownsample(2, spatial_dims=denoiser.spatial_dims)
+        if self.operator.spatial_dims != denoiser.spatial_dims:
+            raise ValueError(f"operator has {self.operator.spatial_dims} spatial dims, denoiser {denoiser.spatial_dims}")
+        self.space = space or ResidualSpace()
+        self.process = process or GaussianProcess()
+        self.normalization = normalization or Normalization()
+        self.options = SamplerOptions(sampler, sampling_steps, eta, guidance_scale, consistency)
+        self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+        self.ema_decay, self.cond_drop_prob = ema_decay, cond_drop_prob
+        self.data_range, self.val_seed = data_range, val_seed
+
+    # --- data ------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        norm = getattr(dm, "normalization", None)
+        if isinstance(norm, Normalization):
+            self.normalization = norm
+
+    def _pair(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        hr = batch["hr"]
+        if hr.shape[1] != self.denoiser.channels:
+            raise ValueError(f"batch has {hr.shape[1]} channels, the model {self.denoiser.channels}")
+        x = self.normalization.normalize(hr)
+        y = self.normalization.normalize(batch["lr"]) if "lr" in batch else self.operator.A(x)
+        return x, y
+
+    # --- training ----------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = self._pair(batch)
+        z0 = self.space.encode(x, y)
+        b = z0.shape[0]
+        t = torch.randint(0, self.process.timesteps, (b,), device=z0.device)
+        noise = torch.randn_like(z0)
+        z_t = self.process.q_sample(z0, t, noise)
+        drop = torch.rand(b, device=z0.device) < self.cond_drop_prob
+        out = self.denoiser(z_t, t.float(), condition(y, x.shape[2:]), drop)
+        per_sample = F.mse_loss(out, self.process.target(z0, noise, t), reduction="none").flatten(1).mean(1)
+        loss = (per_sample * self.process.loss_weights(t)).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=False)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        n = self.global_step
+        decay = min(self.ema_decay, (1 + n) / (10 + n))
+        with torch.no_grad():
+            for p_ema, p in zip(self.ema.parameters(), self.denoiser.parameters()):
+                p_ema.lerp_(p.detach(), 1 - decay)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.denoiser.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        warm = max(1, self.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- sampling and validation ------------------------------------------------------------
+    @torch.no_grad()
+    def super_resolve(self, y: torch.Tensor, generator: torch.Generator, **overrides: Any) -> torch.Tensor:
+        """Sample with the EMA weights: normalised ``y`` in, normalised high-resolution out."""
+        return sample_sr(self.ema, self.process, self.space, self.operator, y, self.options.updated(**overrides), generator)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        x, y = self._pair(batch)
+        g = make_generator(self.val_seed + batch_idx, x.device)
+        sr = self.super_resolve(y, g)
+        bic = upsample(y, x.shape[2:])
+        to_data = self.normalization.denormalize
+        hr, sr_d, bic_d, y_d = to_data(x), to_data(sr), to_data(bic), to_data(y)
+        r = self.data_range
+        b = x.shape[0]
+        self.log_dict(
+            {
+                "val/psnr": psnr(sr_d, hr, r).mean(),
+                "val/ssim": ssim(sr_d, hr, r).mean(),
+                "val/consistency_psnr": consistency_psnr(self.operator, sr_d, y_d, r).clamp(max=100).mean(),
+                "val/psnr_bicubic": psnr(bic_d, hr, r).mean(),
+            },
+            prog_bar=True,
+            batch_size=b,
+            sync_dist=True,
+        )
+
+    test_step = validation_step
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        _, y = self._pair(batch) if "hr" in batch else (None, self.normalization.normalize(batch["lr"]))
+        return self.normalization.denormalize(self.super_resolve(y, make_generator(self.val_seed + batch_idx, y.device)))
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def inference_spec(self) -> dict[str, Any]:
+        """Everything inference needs, as plain data (no code is pickled)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "spatial_dims": self.denoiser.spatial_dims,
+            "channels": self.denoiser.channels,
+            "scale": list(self.operator.factors),
+            "operator": self.operator.spec(),
+            "space": self.space.spec(),
+            "process": self.process.spec(),
+            "denoiser": self.denoiser.config,
+            "normalization": self.normalization.spec(),
+            "sampler": self.options.spec(),
+            "data_range": self.data_range,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["diffsr"] = self.inference_spec()

@@ -1,0 +1,250 @@
+"""Degradation operators ``y = A(x)`` with a true adjoint and an exact pseudo-inverse.
+
+The same operator makes training pairs, constrains zero-shot sampling and scores consistency.
+Every operator here is separable: a linear map along each spatial axis, so ``A`` is a Kronecker
+product of per-axis matrices ``M_i``. Then ``A^T`` is the product of the ``M_i^T`` and
+``A^+`` is the product of the ``M_i^+`` (the pseudo-inverse of a Kronecker product is the
+Kronecker product of the pseudo-inverses), so adjointness and ``A(A^+(y)) = y`` hold to
+machine precision on any shape. Subclasses give the per-axis matrix; fast paths override it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from toolkit.utils import as_factors
+
+
+class Operator:
+    """Linear degradation with ``A``, ``A_adjoint`` and ``A_pinv``, acting on ``(B, C, *spatial)``."""
+
+    #: integer factor per spatial axis between the high- and low-resolution grids
+    factors: tuple[int, ...]
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802 (paper notation)
+        raise NotImplementedError
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        raise NotImplementedError
+
+    def A_pinv(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.A(x)
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.factors)
+
+    def lr_shape(self, hr_shape: Sequence[int]) -> tuple[int, ...]:
+        """Spatial shape of ``A(x)`` for a spatial shape ``hr_shape`` (each divisible by its factor)."""
+        self.check_hr_shape(hr_shape)
+        return tuple(n // f for n, f in zip(hr_shape, self.factors))
+
+    def hr_shape(self, lr_shape: Sequence[int]) -> tuple[int, ...]:
+        return tuple(n * f for n, f in zip(lr_shape, self.factors))
+
+    def check_hr_shape(self, hr_shape: Sequence[int]) -> None:
+        if len(hr_shape) != len(self.factors):
+            raise ValueError(f"operator has {len(self.factors)} spatial dims, input has {len(hr_shape)}")
+        bad = [(n, f) for n, f in zip(hr_shape, self.factors) if n % f]
+        if bad:
+            raise ValueError(f"spatial shape {tuple(hr_shape)} is not divisible by factors {self.factors}")
+
+    def project(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Range-null-space projection onto ``{x : A x = y}`` (DDNM): ``x + A^+(y - A x)``.
+
+        For a pseudo-inverse this is the orthogonal projection onto that affine set, so it never
+        moves an estimate further from any ``x`` that explains ``y``.
+        """
+        return x + self.A_pinv(y - self.A(x))
+
+    def spec(self) -> dict[str, Any]:
+        """Plain-data description stored in checkpoints (see :func:`operator_from_spec`)."""
+        raise NotImplementedError
+
+
+class SeparableOperator(Operator):
+    """Operator that applies one matrix ``M_i (m_i x n_i)`` along each spatial axis ``i``."""
+
+    def axis_matrix(self, axis: int, n: int) -> torch.Tensor:
+        """The float64 ``(n // f, n)`` matrix along spatial axis ``axis`` for length ``n``."""
+        raise NotImplementedError
+
+    def _matrices(self, shape: Sequence[int], kind: str, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+        out = []
+        for axis, n in enumerate(shape):
+            m = _cached_axis(self, axis, n, kind)
+            out.append(m.to(device=device, dtype=dtype))
+        return out
+
+    @staticmethod
+    def _apply(x: torch.Tensor, mats: list[torch.Tensor]) -> torch.Tensor:
+        nd = x.ndim - 2
+        for axis, m in enumerate(mats):
+            dim = 2 + axis
+            x = torch.movedim(torch.movedim(x, dim, -1) @ m.T, -1, dim)
+        assert x.ndim == nd + 2
+        return x
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        self.check_hr_shape(x.shape[2:])
+        return self._apply(x, self._matrices(x.shape[2:], "A", x.device, x.dtype))
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        shape = self.hr_shape(y.shape[2:])
+        return self._apply(y, self._matrices(shape, "AT", y.device, y.dtype))
+
+    def A_pinv(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        shape = self.hr_shape(y.shape[2:])
+        return self._apply(y, self._matrices(shape, "pinv", y.device, y.dtype))
+
+    # Operators are compared and hashed by spec so the matrix cache is shared between equal ones.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Operator) and other.spec() == self.spec()
+
+    def __hash__(self) -> int:
+        return hash(repr(self.spec()))
+
+
+@lru_cache(maxsize=256)
+def _cached_axis(op: SeparableOperator, axis: int, n: int, kind: str) -> torch.Tensor:
+    m = op.axis_matrix(axis, n)
+    if kind == "A":
+        return m
+    if kind == "AT":
+        return m.T.contiguous()
+    return torch.linalg.pinv(m)
+
+
+class AreaDownsample(SeparableOperator):
+    """Box (area) downsampling: each low-resolution sample is the mean of its ``f_1 x ... x f_d`` block.
+
+    ``A^T y`` spreads ``y / prod(f)`` over each block; ``A^+ y`` replicates ``y`` over each block
+    (``A A^T = I / prod(f)``), so ``A(A^+(y)) = y`` exactly.
+
+    Args:
+        factors: integer factor per spatial axis, e.g. ``2``, ``(2, 2)`` or ``(1, 1, 4)``.
+        spatial_dims: number of spatial axes when ``factors`` is a single int.
+    """
+
+    def __init__(self, factors: int | Sequence[int] = 2, spatial_dims: int = 2) -> None:
+        self.factors = as_factors(factors, spatial_dims if isinstance(factors, int) else len(factors))
+        if min(self.factors) < 1:
+            raise ValueError(f"factors must be >= 1, got {self.factors}")
+
+    def axis_matrix(self, axis: int, n: int) -> torch.Tensor:
+        f = self.factors[axis]
+        m = torch.zeros(n // f, n, dtype=torch.float64)
+        for i in range(n // f):
+            m[i, i * f : (i + 1) * f] = 1.0 / f
+        return m
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        self.check_hr_shape(x.shape[2:])
+        pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}.get(x.ndim - 2)
+        if pool is None:
+            return super().A(x)
+        return pool(x, kernel_size=self.factors, stride=self.factors)
+
+    def _replicate(self, y: torch.Tensor) -> torch.Tensor:
+        for axis, f in enumerate(self.factors):
+            if f > 1:
+                y = torch.repeat_interleave(y, f, dim=2 + axis)
+        return y
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        return self._replicate(y) / math.prod(self.factors)
+
+    def A_pinv(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        return self._replicate(y)
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "area", "factors": list(self.factors)}
+
+
+class GaussianDownsample(SeparableOperator):
+    """Gaussian blur then decimation (antialiased downsampling), with symmetric boundaries.
+
+    Along an axis with factor ``f`` the low-resolution sample ``i`` is a Gaussian-weighted mean
+    centred at high-resolution coordinate ``i * f + (f - 1) / 2``: the centre of its block, as for
+    :class:`AreaDownsample`, so both operators put the low-resolution grid in the same place.
+    Taps falling outside the signal are mirrored back (half-sample symmetric), and each row
+    sums to one. The adjoint is the exact transpose; the pseudo-inverse comes from an SVD.
+
+    Args:
+        factors: integer factor per spatial axis.
+        sigma: blur standard deviation in high-resolution samples, one per axis or one for all;
+            ``None`` gives ``0.5 * f`` per axis (about the MTF of an area detector at Nyquist).
+        spatial_dims: number of spatial axes when ``factors`` is a single int.
+        truncate: kernel half-width in units of sigma.
+    """
+
+    def __init__(
+        self,
+        factors: int | Sequence[int] = 2,
+        sigma: float | Sequence[float] | None = None,
+        spatial_dims: int = 2,
+        truncate: float = 4.0,
+    ) -> None:
+        self.factors = as_factors(factors, spatial_dims if isinstance(factors, int) else len(factors))
+        if sigma is None:
+            self.sigma = tuple(0.5 * f for f in self.factors)
+        elif isinstance(sigma, (int, float)):
+            self.sigma = (float(sigma),) * len(self.factors)
+        else:
+            self.sigma = tuple(float(s) for s in sigma)
+            if len(self.sigma) != len(self.factors):
+                raise ValueError("one sigma per spatial axis is needed")
+        self.truncate = float(truncate)
+
+    def axis_matrix(self, axis: int, n: int) -> torch.Tensor:
+        f, s = self.factors[axis], self.sigma[axis]
+        m = torch.zeros(n // f, n, dtype=torch.float64)
+        if s <= 0:
+            if f != 1:
+                raise ValueError("sigma must be > 0 when decimating")
+            return torch.eye(n, dtype=torch.float64)
+        radius = max(1, math.ceil(self.truncate * s + (f - 1) / 2))
+        for i in range(n // f):
+            c = i * f + (f - 1) / 2
+            lo, hi = math.floor(c - radius), math.ceil(c + radius)
+            for j in range(lo, hi + 1):
+                w = math.exp(-0.5 * ((j - c) / s) ** 2)
+                k = _mirror(j, n)
+                m[i, k] += w
+        return m / m.sum(dim=1, keepdim=True)
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "gaussian", "factors": list(self.factors), "sigma": list(self.sigma), "truncate": self.truncate}
+
+
+def _mirror(j: int, n: int) -> int:
+    """Half-sample symmetric index reflection into ``[0, n)``."""
+    period = 2 * n
+    j %= period
+    return j if j < n else period - 1 - j
+
+
+_OPERATORS: dict[str, type[Operator]] = {"area": AreaDownsample, "gaussian": GaussianDownsample}
+
+
+def register_operator(name: str, cls: type[Operator]) -> None:
+    """Allow checkpoints to rebuild operator ``cls`` from a spec whose ``type`` is ``name``."""
+    _OPERATORS[name] = cls
+
+
+def operator_from_spec(spec: dict[str, Any]) -> Operator:
+    """Rebuild an operator from :meth:`Operator.spec` data (only known, registered types)."""
+    spec = dict(spec)
+    kind = spec.pop("type", None)
+    if kind not in _OPERATORS:
+        raise ValueError(f"unknown operator type {kind!r}; known: {sorted(_OPERATORS)}")
+    return _OPERATORS[kind](**spec)  # type: ignore[call-arg]

@@ -1,0 +1,60 @@
+"""Small tensor helpers shared by the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def append_dims(x: torch.Tensor, target_ndim: int) -> torch.Tensor:
+    """Append trailing singleton dims so a per-sample ``(B,)`` tensor broadcasts (k-diffusion style)."""
+    missing = target_ndim - x.ndim
+    if missing < 0:
+        raise ValueError(f"input has {x.ndim} dims but target_ndim is {target_ndim}")
+    return x[(...,) + (None,) * missing]
+
+
+def spatial_shape(x: torch.Tensor) -> tuple[int, ...]:
+    """Spatial shape of a ``(B, C, *spatial)`` tensor."""
+    return tuple(x.shape[2:])
+
+
+def as_factors(factors: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
+    """Expand a scalar factor to one per spatial axis, checking the count."""
+    if isinstance(factors, int):
+        return (factors,) * spatial_dims
+    f = tuple(int(v) for v in factors)
+    if len(f) != spatial_dims:
+        raise ValueError(f"{len(f)} factors given for {spatial_dims} spatial dims")
+    return f
+
+
+def upsample(y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Smooth interpolation to ``size``: bicubic in 2D, trilinear in 3D, linear in 1D.
+
+    Args:
+        y: ``(B, C, *spatial)`` low-resolution tensor.
+        size: target spatial shape.
+
+    Returns:
+        ``(B, C, *size)``.
+    """
+    nd = y.ndim - 2
+    size = [int(n) for n in size]
+    mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[nd]
+    return F.interpolate(y, size=size, mode=mode, align_corners=False)
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with ``seed`` (0 when ``None``)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(0 if seed is None else int(seed))
+    return g
+
+
+def randn(shape: Sequence[int], generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Standard normal draw from ``generator`` (drawn on the generator's device, moved to ``device``)."""
+    z = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    return z.to(device=device, dtype=dtype)

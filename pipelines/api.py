@@ -18,6 +18,7 @@ from toolkit.checkpoint import SRModel, load_model
 from toolkit.engine import SamplerOptions
 from toolkit.metrics import consistency_psnr, psnr, ssim
 from toolkit.operators import AreaDownsample, GaussianDownsample, Operator
+from toolkit.tiling import Tiling
 from toolkit.utils import make_generator, upsample
 
 
@@ -70,6 +71,7 @@ def upscale_array(
     seed: int = 0,
     progress: bool = False,
     desc: str = "sampling",
+    tiling: Tiling | None = None,
 ) -> torch.Tensor:
     """Super-resolve ``y`` ``(B, C, *spatial)`` in data units of any size.
 
@@ -85,9 +87,9 @@ def upscale_array(
     yp = F.pad(y, pads, mode="replicate") if any(pads) else y
     device = next(model.denoiser.parameters()).device
     g = make_generator(seed, device)
-    bar = _progress(len(torch.unique_consecutive(model.process.sampling_schedule(options.steps, options.t_start)[0])), desc, progress)
+    bar = _progress(options.steps, desc, progress)
     try:
-        x = model.upscale(yp, g, options, callback=lambda i, z, x0: bar.update(1))
+        x = model.upscale(yp, g, options, callback=lambda i, z, x0: bar.update(1), tiling=tiling)
     finally:
         bar.close()
     hr = model.operator.hr_shape(lr_shape)
@@ -107,19 +109,26 @@ def upscale(
     device: str = "cpu",
     progress: bool = True,
     model: SRModel | None = None,
+    tiling: Tiling | None = Tiling(),
+    scale: int | None = None,
 ) -> Path:
-    """Upscale an image file with a trained checkpoint; the output keeps the channels and bit depth."""
+    """Upscale an image file with a trained checkpoint; the output keeps the channels and bit depth.
+
+    ``scale``, when given, must be the checkpoint's factor (a guard against using the wrong model).
+    """
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst}: output exists (use --overwrite to replace it)")
     model = model or load_model(checkpoint, device)
+    if scale is not None and any(f != scale for f in model.scale):
+        raise InputError(f"{checkpoint}: checkpoint upscales x{'x'.join(map(str, model.scale))}, not the requested x{scale}")
     data, info = read_image(src)
     if info.channels != model.channels:
         raise InputError(f"{src}: image has {info.channels} channel(s) but the checkpoint was trained on {model.channels}")
     if model.spatial_dims != 2:
         raise InputError(f"{src}: a 2D image cannot go through a {model.spatial_dims}D checkpoint")
     options = model.options.updated(steps=steps, sampler=sampler, guidance_scale=guidance, eta=eta)
-    x = upscale_array(model, torch.from_numpy(data)[None], options, seed, progress, desc=Path(src).name)
+    x = upscale_array(model, torch.from_numpy(data)[None], options, seed, progress, Path(src).name, tiling)
     write_image(dst, x[0].numpy(), info.bit_depth, overwrite=overwrite)
     return dst
 
@@ -151,6 +160,7 @@ def evaluate(
     progress: bool = True,
     model: SRModel | None = None,
     overwrite: bool = True,
+    tiling: Tiling | None = Tiling(),
 ) -> dict[str, Any]:
     """Degrade each high-resolution file with the checkpoint's operator, upscale it, compare with bicubic.
 
@@ -171,7 +181,7 @@ def evaluate(
             raise InputError(f"{f}: image has {info.channels} channel(s) but the checkpoint was trained on {model.channels}")
         hr = torch.from_numpy(_crop_to_multiple(data, model.scale))[None]
         y = model.operator.A(hr)
-        sr = upscale_array(model, y, options, seed, progress, desc=Path(f).name).clamp(0, 1)
+        sr = upscale_array(model, y, options, seed, progress, Path(f).name, tiling).clamp(0, 1)
         bic = upsample(y, hr.shape[2:]).clamp(0, 1)
         results.append(
             FileResult(

@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("input")
     u.add_argument("output")
     u.add_argument("--checkpoint", required=True, help="checkpoint written by 'diffsr fit'")
+    u.add_argument("--scale", type=int, default=None, help="expected factor; refused if the checkpoint's differs")
     _sampling_args(u)
     u.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (1 = none)")
     u.add_argument("--eta", type=float, default=None, help="DDIM eta (0 deterministic)")
@@ -87,6 +88,15 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], default=None, help="sampler (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--tile", type=int, default=128, help="tile size for the network, 0 for one pass (default 128)")
+    p.add_argument("--overlap", type=int, default=32, help="overlap between tiles (default 32)")
+    p.add_argument("--tile-batch", type=int, default=4, help="tiles per network call")
+
+
+def _tiling(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from toolkit.tiling import Tiling
+
+    return Tiling(args.tile, args.overlap, args.tile_batch) if args.tile > 0 else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,11 +124,13 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "upscale":
         out = api.upscale(
             args.input, args.output, args.checkpoint, args.steps, args.sampler, args.guidance, args.eta,
-            args.seed, args.overwrite, args.device,
+            args.seed, args.overwrite, args.device, tiling=_tiling(args), scale=args.scale,
         )
         print(f"wrote {out}")
     elif args.command == "evaluate":
-        report = api.evaluate(args.checkpoint, args.hr, args.out, args.steps, args.sampler, args.seed, args.device)
+        report = api.evaluate(
+            args.checkpoint, args.hr, args.out, args.steps, args.sampler, args.seed, args.device, tiling=_tiling(args)
+        )
         print(json.dumps(report["methods"], indent=2))
         print(f"report: {args.out}/report.html")
     elif args.command == "demo":

@@ -17,6 +17,7 @@ from toolkit.operators import Operator, operator_from_spec
 from toolkit.process import GaussianProcess
 from toolkit.samplers import Callback
 from toolkit.spaces import StateSpace, space_from_spec
+from toolkit.tiling import Tiling
 
 CHECKPOINT_FORMAT = 1
 
@@ -60,6 +61,7 @@ class SRModel:
         generator: torch.Generator,
         options: SamplerOptions | None = None,
         callback: Callback | None = None,
+        tiling: Tiling | None = None,
     ) -> torch.Tensor:
         """Super-resolve ``y`` ``(B, C, *spatial)`` in data units; returns data units."""
         if y.shape[1] != self.channels:
@@ -68,7 +70,7 @@ class SRModel:
             raise ValueError(f"input has {y.ndim - 2} spatial dims but the model is {self.spatial_dims}D")
         p = next(self.denoiser.parameters())
         yn = self.normalization.normalize(y.to(device=p.device, dtype=p.dtype))
-        x = sample_sr(self.denoiser, self.process, self.space, self.operator, yn, options or self.options, generator, callback)
+        x = sample_sr(self.denoiser, self.process, self.space, self.operator, yn, options or self.options, generator, callback, tiling)
         return self.normalization.denormalize(x)
 
 

@@ -13,9 +13,11 @@ from toolkit.operators import Operator
 from toolkit.process import GaussianProcess
 from toolkit.samplers import Callback, SamplerName, run_sampler
 from toolkit.spaces import StateSpace
+from toolkit.tiling import Tiling
 from toolkit.utils import upsample
 
 Consistency = Literal["none", "final", "every_step"]
+Start = Literal["interpolation", "regression"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ class SamplerOptions:
         consistency: data consistency with the operator: none, a final projection onto
             ``{x : A x = y}``, or DDNM's projection of ``x0_hat`` at every step (and the final one).
         t_start: start from this timestep instead of ``T - 1`` (truncated start).
+        start: with ``t_start``, the estimate that is noised to ``t_start``: the interpolated
+            input (SDEdit), or the network's own prediction from pure noise at ``T`` (the
+            regression estimate ``E[x0 | y]``; a deterministic start as in CCDF, Chung et al.
+            2022, and DifFace), which takes one of the ``steps``.
     """
 
     sampler: SamplerName = "ddim"
@@ -38,6 +44,7 @@ class SamplerOptions:
     guidance_scale: float = 1.0
     consistency: Consistency = "final"
     t_start: int | None = None
+    start: Start = "interpolation"
 
     def updated(self, **kwargs: Any) -> SamplerOptions:
         """A copy with the given fields replaced (``None`` values are ignored)."""
@@ -62,28 +69,44 @@ def sample_sr(
     options: SamplerOptions,
     generator: torch.Generator,
     callback: Callback | None = None,
+    tiling: Tiling | None = None,
 ) -> torch.Tensor:
     """Draw one super-resolved sample per item of ``y``.
 
     Args:
         y: ``(B, C, *spatial_lr)`` normalised low-resolution batch.
         generator: source of every random draw (the prior and stochastic steps).
+        callback: called after every step with ``(i, z, x0_hat)``.
+        tiling: run the network tile by tile, blending inside every step.
 
     Returns:
         ``(B, C, *spatial_hr)`` normalised high-resolution sample.
     """
     hr_shape = operator.hr_shape(y.shape[2:])
     cond = condition(y, hr_shape)
-    model_fn = classifier_free(denoiser, process, cond, options.guidance_scale)
+    net = tiling.wrap(denoiser) if tiling is not None else denoiser
+    model_fn = classifier_free(net, process, cond, options.guidance_scale)
     if options.consistency == "every_step":
         model_fn = range_null_space(model_fn, process, space, operator, y)
-    timesteps, alpha_bars = process.sampling_schedule(options.steps, options.t_start)
     shape = (y.shape[0], denoiser.state_channels, *hr_shape)
     z = process.prior(shape, generator, y.device, y.dtype)
+    steps = options.steps
     if options.t_start is not None:
-        # truncated start (SDEdit): noise the interpolated estimate to the first timestep
+        # truncated start: noise an estimate of x0 to t_start and sample from there
+        if options.start == "regression":
+            t_top = torch.full((y.shape[0],), float(process.timesteps - 1), device=y.device)
+            estimate, _ = model_fn(z, t_top)
+            steps = max(1, steps - 1)
+            if callback is not None:
+                callback(-1, z, estimate)
+        else:
+            estimate = space.encode(cond, y)
+        timesteps, alpha_bars = process.sampling_schedule(steps, options.t_start)
         a, s = process.coefficients(timesteps[:1].expand(y.shape[0]), z)
-        z = a * space.encode(cond, y) + s * z
+        noise = process.prior(shape, generator, y.device, y.dtype)
+        z = a * estimate + s * noise
+    else:
+        timesteps, alpha_bars = process.sampling_schedule(steps)
     z = run_sampler(options.sampler, model_fn, z, timesteps, alpha_bars, options.eta, generator, callback)
     x = space.decode(z, y)
     if options.consistency != "none":

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from toolkit.denoiser import UNetDenoiser
 from toolkit.operators import Operator
@@ -18,7 +19,7 @@ from toolkit.utils import append_dims
 
 
 def classifier_free(
-    denoiser: UNetDenoiser,
+    denoiser: UNetDenoiser | nn.Module,
     process: GaussianProcess,
     cond: torch.Tensor,
     guidance_scale: float = 1.0,

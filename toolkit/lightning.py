@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.denoiser import UNetDenoiser
-from toolkit.engine import Consistency, SamplerOptions, condition, sample_sr
+from toolkit.engine import Consistency, SamplerOptions, Start, condition, sample_sr
 from toolkit.metrics import consistency_psnr, psnr, ssim
 from toolkit.normalization import Normalization
 from toolkit.operators import AreaDownsample, Operator
@@ -39,8 +39,8 @@ class DiffusionSR(pl.LightningModule):
         process: forward process; default cosine Gaussian with x0 prediction.
         normalization: data units to network units; default [0, 1] -> [-1, 1]. A datamodule
             with a ``normalization`` attribute overrides it at fit time.
-        sampler, sampling_steps, eta, guidance_scale, consistency: sampling defaults stored in
-            the checkpoint (see :class:`toolkit.engine.SamplerOptions`).
+        sampler, sampling_steps, eta, guidance_scale, consistency, t_start, start: sampling
+            defaults stored in the checkpoint (see :class:`toolkit.engine.SamplerOptions`).
         lr: AdamW learning rate (cosine decay after a linear warm-up).
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up.
@@ -62,6 +62,8 @@ class DiffusionSR(pl.LightningModule):
         eta: float = 0.0,
         guidance_scale: float = 1.0,
         consistency: Consistency = "final",
+        t_start: int | None = None,
+        start: Start = "interpolation",
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
@@ -79,7 +81,7 @@ class DiffusionSR(pl.LightningModule):
         self.space = space or ResidualSpace()
         self.process = process or GaussianProcess()
         self.normalization = normalization or Normalization()
-        self.options = SamplerOptions(sampler, sampling_steps, eta, guidance_scale, consistency)
+        self.options = SamplerOptions(sampler, sampling_steps, eta, guidance_scale, consistency, t_start, start)
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.ema_decay, self.cond_drop_prob = ema_decay, cond_drop_prob
         self.data_range, self.val_seed = data_range, val_seed

@@ -72,11 +72,15 @@ def upscale_array(
     progress: bool = False,
     desc: str = "sampling",
     tiling: Tiling | None = None,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Super-resolve ``y`` ``(B, C, *spatial)`` in data units of any size.
 
-    The input is padded (reflect) so the output is a multiple of the network's downsampling,
-    sampled, and the padding cropped off again. Returns data units.
+    The input is padded (edge replication) so the output is a multiple of the network's
+    downsampling, sampled, and the padding cropped off again.
+
+    Returns:
+        The output in data units, and the per-pixel standard deviation over the samples
+        (``None`` when ``options.samples`` is 1).
     """
     multiple = model.denoiser.multiple
     lr_shape = y.shape[2:]
@@ -89,11 +93,11 @@ def upscale_array(
     g = make_generator(seed, device)
     bar = _progress(options.steps, desc, progress)
     try:
-        x = model.upscale(yp, g, options, callback=lambda i, z, x0: bar.update(1), tiling=tiling)
+        x, std = model.upscale_with_uncertainty(yp, g, options, callback=lambda i, z, x0: bar.update(1), tiling=tiling)
     finally:
         bar.close()
-    hr = model.operator.hr_shape(lr_shape)
-    return x[(slice(None), slice(None)) + tuple(slice(0, n) for n in hr)].float().cpu()
+    crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in model.operator.hr_shape(lr_shape))
+    return x[crop].float().cpu(), None if std is None else std[crop].float().cpu()
 
 
 def upscale(
@@ -111,14 +115,19 @@ def upscale(
     model: SRModel | None = None,
     tiling: Tiling | None = Tiling(),
     scale: int | None = None,
+    samples: int | None = None,
+    uncertainty: str | Path | None = None,
 ) -> Path:
     """Upscale an image file with a trained checkpoint; the output keeps the channels and bit depth.
 
     ``scale``, when given, must be the checkpoint's factor (a guard against using the wrong model).
+    With ``samples`` > 1 the output is the mean of that many samples and ``uncertainty``, when
+    given, receives their per-pixel standard deviation as a 16-bit image (data units, [0, 1]).
     """
     dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst}: output exists (use --overwrite to replace it)")
+    for target in (dst, uncertainty):
+        if target is not None and Path(target).exists() and not overwrite:
+            raise FileExistsError(f"{target}: output exists (use --overwrite to replace it)")
     model = model or load_model(checkpoint, device)
     if scale is not None and any(f != scale for f in model.scale):
         raise InputError(f"{checkpoint}: checkpoint upscales x{'x'.join(map(str, model.scale))}, not the requested x{scale}")
@@ -127,9 +136,13 @@ def upscale(
         raise InputError(f"{src}: image has {info.channels} channel(s) but the checkpoint was trained on {model.channels}")
     if model.spatial_dims != 2:
         raise InputError(f"{src}: a 2D image cannot go through a {model.spatial_dims}D checkpoint")
-    options = model.options.updated(steps=steps, sampler=sampler, guidance_scale=guidance, eta=eta)
-    x = upscale_array(model, torch.from_numpy(data)[None], options, seed, progress, Path(src).name, tiling)
+    options = model.options.updated(steps=steps, sampler=sampler, guidance_scale=guidance, eta=eta, samples=samples)
+    if uncertainty is not None and options.samples < 2:
+        raise InputError(f"{uncertainty}: an uncertainty map needs --samples 2 or more")
+    x, std = upscale_array(model, torch.from_numpy(data)[None], options, seed, progress, Path(src).name, tiling)
     write_image(dst, x[0].numpy(), info.bit_depth, overwrite=overwrite)
+    if uncertainty is not None and std is not None:
+        write_image(uncertainty, std[0].numpy(), 16, overwrite=overwrite)
     return dst
 
 
@@ -161,6 +174,7 @@ def evaluate(
     model: SRModel | None = None,
     overwrite: bool = True,
     tiling: Tiling | None = Tiling(),
+    samples: int | None = None,
 ) -> dict[str, Any]:
     """Degrade each high-resolution file with the checkpoint's operator, upscale it, compare with bicubic.
 
@@ -173,7 +187,7 @@ def evaluate(
         raise InputError("no high-resolution files given")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    options = model.options.updated(steps=steps, sampler=sampler)
+    options = model.options.updated(steps=steps, sampler=sampler, samples=samples)
     results: list[FileResult] = []
     for f in hr_files:
         data, info = read_image(f)
@@ -181,15 +195,19 @@ def evaluate(
             raise InputError(f"{f}: image has {info.channels} channel(s) but the checkpoint was trained on {model.channels}")
         hr = torch.from_numpy(_crop_to_multiple(data, model.scale))[None]
         y = model.operator.A(hr)
-        sr = upscale_array(model, y, options, seed, progress, Path(f).name, tiling).clamp(0, 1)
+        sr, std = upscale_array(model, y, options, seed, progress, Path(f).name, tiling)
+        sr = sr.clamp(0, 1)
         bic = upsample(y, hr.shape[2:]).clamp(0, 1)
-        results.append(
-            FileResult(
-                file=str(f),
-                metrics={"diffsr": _metrics(model.operator, sr, hr, y), "bicubic": _metrics(model.operator, bic, hr, y)},
-                panels={"input": y[0].numpy(), "bicubic": bic[0].numpy(), "diffsr": sr[0].numpy(), "truth": hr[0].numpy()},
-            )
-        )
+        panels = {"input": y[0].numpy(), "bicubic": bic[0].numpy(), "diffsr": sr[0].numpy(), "truth": hr[0].numpy()}
+        panels["error"] = (sr - hr).abs()[0].mean(0, keepdim=True).numpy()
+        if std is not None:
+            panels["uncertainty"] = std[0].mean(0, keepdim=True).numpy()
+        metrics = {"diffsr": _metrics(model.operator, sr, hr, y), "bicubic": _metrics(model.operator, bic, hr, y)}
+        if std is not None:
+            # does the spread of the samples predict the error? (a hallucination check)
+            err = (sr - hr).abs().flatten()
+            metrics["diffsr"]["uncertainty_error_corr"] = float(torch.corrcoef(torch.stack([std.flatten(), err]))[0, 1])
+        results.append(FileResult(file=str(f), metrics=metrics, panels=panels))
     methods = {
         m: {k: float(np.mean([r.metrics[m][k] for r in results])) for k in ("psnr", "ssim", "consistency_psnr")}
         for m in ("diffsr", "bicubic")

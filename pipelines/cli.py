@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     _sampling_args(u)
     u.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (1 = none)")
     u.add_argument("--eta", type=float, default=None, help="DDIM eta (0 deterministic)")
+    u.add_argument("--uncertainty", default=None, metavar="FILE", help="write the per-pixel std over --samples (16-bit)")
     u.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     e = sub.add_parser("evaluate", help="degrade, upscale and compare with bicubic; writes metrics.json and report.html")
@@ -87,6 +88,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], default=None, help="sampler (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    p.add_argument("--samples", type=int, default=None, help="average this many samples (posterior mean); default: the checkpoint's")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     p.add_argument("--tile", type=int, default=128, help="tile size for the network, 0 for one pass (default 128)")
     p.add_argument("--overlap", type=int, default=32, help="overlap between tiles (default 32)")
@@ -125,11 +127,13 @@ def _run(args: argparse.Namespace) -> int:
         out = api.upscale(
             args.input, args.output, args.checkpoint, args.steps, args.sampler, args.guidance, args.eta,
             args.seed, args.overwrite, args.device, tiling=_tiling(args), scale=args.scale,
+            samples=args.samples, uncertainty=args.uncertainty,
         )
         print(f"wrote {out}")
     elif args.command == "evaluate":
         report = api.evaluate(
-            args.checkpoint, args.hr, args.out, args.steps, args.sampler, args.seed, args.device, tiling=_tiling(args)
+            args.checkpoint, args.hr, args.out, args.steps, args.sampler, args.seed, args.device, tiling=_tiling(args),
+            samples=args.samples,
         )
         print(json.dumps(report["methods"], indent=2))
         print(f"report: {args.out}/report.html")

@@ -11,7 +11,7 @@ import numpy as np
 
 from domains.images.io import write_atomic, write_image
 
-PANELS = ("input", "bicubic", "diffsr", "truth")
+PANELS = ("input", "bicubic", "diffsr", "truth", "error", "uncertainty")
 
 
 def _crop_box(hr_shape: Sequence[int], size: int, scale: Sequence[int], truth: np.ndarray, bic: np.ndarray) -> tuple[int, int, int, int]:
@@ -54,10 +54,14 @@ def write_report(
         i, j, ch, cw = _crop_box(truth.shape[1:], crop, scale, truth, panels["bicubic"])
         cells = []
         for p in PANELS:
+            if p not in panels:
+                continue
             if p == "input":
                 img = _zoom(panels[p][:, i // scale[0] : (i + ch) // scale[0], j // scale[1] : (j + cw) // scale[1]], scale)
             else:
                 img = panels[p][:, i : i + ch, j : j + cw]
+            if p in ("error", "uncertainty"):  # |error| and sample spread, x4 so 0.25 is white
+                img = np.clip(img * 4, 0, 1)
             fname = f"{k:03d}_{p}.png"
             write_image(crops / fname, _zoom(img, (zoom, zoom)), 8, overwrite=True)
             cells.append(f'<figure><img src="crops/{fname}" alt="{p}"><figcaption>{p}</figcaption></figure>')
@@ -74,7 +78,9 @@ img{{image-rendering:pixelated}} table{{border-collapse:collapse}} td,th{{border
 </head><body><h1>diffsr evaluation: x{html.escape(str(report['scale']))}</h1>
 <p>operator {html.escape(str(report['operator']))}; sampler {html.escape(str(report['sampler']))}; seed {report['seed']}</p>
 <table><tr><th>method</th><th>PSNR (dB)</th><th>SSIM</th><th>consistency PSNR (dB)</th></tr>{table}</table>
-<p>Means over {len(items)} file(s). Crops are the window where bicubic errs most, shown at {zoom}x (nearest).</p>
+<p>Means over {len(items)} file(s). Crops are the window where bicubic errs most, shown at {zoom}x (nearest).
+"error" is |diffsr - truth| and "uncertainty" the per-pixel standard deviation over the samples (when more than one
+was drawn), both times 4: where the samples disagree, the model is guessing.</p>
 {''.join(rows)}</body></html>"""
     path = out / "report.html"
     write_atomic(path, lambda p: p.write_text(page), overwrite=overwrite)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from toolkit.denoiser import UNetDenoiser, denoiser_from_config
-from toolkit.engine import SamplerOptions, sample_sr
+from toolkit.engine import SamplerOptions, sample_sr_with_uncertainty
 from toolkit.normalization import Normalization
 from toolkit.operators import Operator, operator_from_spec
 from toolkit.process import GaussianProcess
@@ -64,14 +64,30 @@ class SRModel:
         tiling: Tiling | None = None,
     ) -> torch.Tensor:
         """Super-resolve ``y`` ``(B, C, *spatial)`` in data units; returns data units."""
+        return self.upscale_with_uncertainty(y, generator, options, callback, tiling)[0]
+
+    @torch.no_grad()
+    def upscale_with_uncertainty(
+        self,
+        y: torch.Tensor,
+        generator: torch.Generator,
+        options: SamplerOptions | None = None,
+        callback: Callback | None = None,
+        tiling: Tiling | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean and per-pixel standard deviation (data units) over ``options.samples`` samples."""
         if y.shape[1] != self.channels:
             raise ValueError(f"input has {y.shape[1]} channels but the model was trained on {self.channels}")
         if y.ndim - 2 != self.spatial_dims:
             raise ValueError(f"input has {y.ndim - 2} spatial dims but the model is {self.spatial_dims}D")
         p = next(self.denoiser.parameters())
         yn = self.normalization.normalize(y.to(device=p.device, dtype=p.dtype))
-        x = sample_sr(self.denoiser, self.process, self.space, self.operator, yn, options or self.options, generator, callback, tiling)
-        return self.normalization.denormalize(x)
+        opts = options or self.options
+        x, std = sample_sr_with_uncertainty(
+            self.denoiser, self.process, self.space, self.operator, yn, opts, generator, callback, tiling
+        )
+        scale = torch.tensor(self.normalization.scale, dtype=x.dtype, device=x.device).reshape(1, -1, *([1] * self.spatial_dims))
+        return self.normalization.denormalize(x), None if std is None else std * scale
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -36,6 +36,12 @@ class SamplerOptions:
             input (SDEdit), or the network's own prediction from pure noise at ``T`` (the
             regression estimate ``E[x0 | y]``; a deterministic start as in CCDF, Chung et al.
             2022, and DifFace), which takes one of the ``steps``.
+        samples: draw this many samples per input and return their mean (a Monte Carlo
+            estimate of the posterior mean, the PSNR-optimal output) and their standard
+            deviation (the uncertainty: where the model is unsure, it may hallucinate).
+        flip_ensemble: give sample ``k`` the input mirrored along the spatial axes set in the
+            bits of ``k`` and mirror its output back (geometric self-ensemble, as EDSR+), so
+            the mean also averages out the network's orientation bias.
     """
 
     sampler: SamplerName = "ddim"
@@ -45,6 +51,8 @@ class SamplerOptions:
     consistency: Consistency = "final"
     t_start: int | None = None
     start: Start = "interpolation"
+    samples: int = 1
+    flip_ensemble: bool = False
 
     def updated(self, **kwargs: Any) -> SamplerOptions:
         """A copy with the given fields replaced (``None`` values are ignored)."""
@@ -61,6 +69,55 @@ def condition(y: torch.Tensor, hr_shape: tuple[int, ...]) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_sr(
+    denoiser: UNetDenoiser,
+    process: GaussianProcess,
+    space: StateSpace,
+    operator: Operator,
+    y: torch.Tensor,
+    options: SamplerOptions,
+    generator: torch.Generator,
+    callback: Callback | None = None,
+    tiling: Tiling | None = None,
+) -> torch.Tensor:
+    """Super-resolve ``y``: one sample per item, or the mean of ``options.samples`` samples.
+
+    See :func:`sample_sr_with_uncertainty` for the spread of the samples as well.
+    """
+    return sample_sr_with_uncertainty(denoiser, process, space, operator, y, options, generator, callback, tiling)[0]
+
+
+@torch.no_grad()
+def sample_sr_with_uncertainty(
+    denoiser: UNetDenoiser,
+    process: GaussianProcess,
+    space: StateSpace,
+    operator: Operator,
+    y: torch.Tensor,
+    options: SamplerOptions,
+    generator: torch.Generator,
+    callback: Callback | None = None,
+    tiling: Tiling | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mean and standard deviation (``None`` for one sample) over ``options.samples`` samples per input.
+
+    The samples run as one batch of ``K * B`` items (sample ``k`` of item ``b`` at ``k * B + b``).
+    """
+    k = max(1, int(options.samples))
+    if k == 1:
+        return _sample_once(denoiser, process, space, operator, y, options, generator, callback, tiling), None
+    flips = [_flip_dims(i, y.ndim - 2) if options.flip_ensemble else () for i in range(k)]
+    batch = torch.cat([y.flip(f) if f else y for f in flips])
+    x = _sample_once(denoiser, process, space, operator, batch, options, generator, callback, tiling)
+    x = torch.stack([xi.flip(f) if f else xi for xi, f in zip(x.chunk(k), flips)])
+    return x.mean(0), x.std(0)
+
+
+def _flip_dims(k: int, spatial_dims: int) -> tuple[int, ...]:
+    """Spatial dims (of a ``(B, C, *spatial)`` tensor) to mirror for ensemble member ``k``."""
+    return tuple(2 + d for d in range(spatial_dims) if (k % 2**spatial_dims) >> d & 1)
+
+
+def _sample_once(
     denoiser: UNetDenoiser,
     process: GaussianProcess,
     space: StateSpace,

@@ -39,7 +39,8 @@ class DiffusionSR(pl.LightningModule):
         process: forward process; default cosine Gaussian with x0 prediction.
         normalization: data units to network units; default [0, 1] -> [-1, 1]. A datamodule
             with a ``normalization`` attribute overrides it at fit time.
-        sampler, sampling_steps, eta, guidance_scale, consistency, t_start, start: sampling
+        sampler, sampling_steps, eta, guidance_scale, consistency, t_start, start, samples,
+            flip_ensemble: sampling
             defaults stored in the checkpoint (see :class:`toolkit.engine.SamplerOptions`).
         lr: AdamW learning rate (cosine decay after a linear warm-up).
         weight_decay: AdamW weight decay.
@@ -64,6 +65,8 @@ class DiffusionSR(pl.LightningModule):
         consistency: Consistency = "final",
         t_start: int | None = None,
         start: Start = "interpolation",
+        samples: int = 1,
+        flip_ensemble: bool = False,
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
@@ -81,7 +84,9 @@ class DiffusionSR(pl.LightningModule):
         self.space = space or ResidualSpace()
         self.process = process or GaussianProcess()
         self.normalization = normalization or Normalization()
-        self.options = SamplerOptions(sampler, sampling_steps, eta, guidance_scale, consistency, t_start, start)
+        self.options = SamplerOptions(
+            sampler, sampling_steps, eta, guidance_scale, consistency, t_start, start, samples, flip_ensemble
+        )
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.ema_decay, self.cond_drop_prob = ema_decay, cond_drop_prob
         self.data_range, self.val_seed = data_range, val_seed

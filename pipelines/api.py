@@ -72,11 +72,13 @@ def upscale_array(
     progress: bool = False,
     desc: str = "sampling",
     tiling: Tiling | None = None,
+    precision: str = "32",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Super-resolve ``y`` ``(B, C, *spatial)`` in data units of any size.
 
     The input is padded (edge replication) so the output is a multiple of the network's
-    downsampling, sampled, and the padding cropped off again.
+    downsampling, sampled, and the padding cropped off again. ``precision`` ``bf16`` or
+    ``fp16`` runs the network under autocast (the sampler's arithmetic stays float32).
 
     Returns:
         The output in data units, and the per-pixel standard deviation over the samples
@@ -92,8 +94,10 @@ def upscale_array(
     device = next(model.denoiser.parameters()).device
     g = make_generator(seed, device)
     bar = _progress(options.steps, desc, progress)
+    dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     try:
-        x, std = model.upscale_with_uncertainty(yp, g, options, callback=lambda i, z, x0: bar.update(1), tiling=tiling)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            x, std = model.upscale_with_uncertainty(yp, g, options, callback=lambda i, z, x0: bar.update(1), tiling=tiling)
     finally:
         bar.close()
     crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in model.operator.hr_shape(lr_shape))
@@ -117,6 +121,7 @@ def upscale(
     scale: int | None = None,
     samples: int | None = None,
     uncertainty: str | Path | None = None,
+    precision: str = "32",
 ) -> Path:
     """Upscale an image file with a trained checkpoint; the output keeps the channels and bit depth.
 
@@ -139,7 +144,7 @@ def upscale(
     options = model.options.updated(steps=steps, sampler=sampler, guidance_scale=guidance, eta=eta, samples=samples)
     if uncertainty is not None and options.samples < 2:
         raise InputError(f"{uncertainty}: an uncertainty map needs --samples 2 or more")
-    x, std = upscale_array(model, torch.from_numpy(data)[None], options, seed, progress, Path(src).name, tiling)
+    x, std = upscale_array(model, torch.from_numpy(data)[None], options, seed, progress, Path(src).name, tiling, precision)
     write_image(dst, x[0].numpy(), info.bit_depth, overwrite=overwrite)
     if uncertainty is not None and std is not None:
         write_image(uncertainty, std[0].numpy(), 16, overwrite=overwrite)
@@ -175,6 +180,7 @@ def evaluate(
     overwrite: bool = True,
     tiling: Tiling | None = Tiling(),
     samples: int | None = None,
+    precision: str = "32",
 ) -> dict[str, Any]:
     """Degrade each high-resolution file with the checkpoint's operator, upscale it, compare with bicubic.
 
@@ -195,7 +201,7 @@ def evaluate(
             raise InputError(f"{f}: image has {info.channels} channel(s) but the checkpoint was trained on {model.channels}")
         hr = torch.from_numpy(_crop_to_multiple(data, model.scale))[None]
         y = model.operator.A(hr)
-        sr, std = upscale_array(model, y, options, seed, progress, Path(f).name, tiling)
+        sr, std = upscale_array(model, y, options, seed, progress, Path(f).name, tiling, precision)
         sr = sr.clamp(0, 1)
         bic = upsample(y, hr.shape[2:]).clamp(0, 1)
         panels = {"input": y[0].numpy(), "bicubic": bic[0].numpy(), "diffsr": sr[0].numpy(), "truth": hr[0].numpy()}

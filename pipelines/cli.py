@@ -90,6 +90,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--samples", type=int, default=None, help="average this many samples (posterior mean); default: the checkpoint's")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--precision", choices=["32", "bf16", "fp16"], default="32", help="network precision (autocast)")
     p.add_argument("--tile", type=int, default=128, help="tile size for the network, 0 for one pass (default 128)")
     p.add_argument("--overlap", type=int, default=32, help="overlap between tiles (default 32)")
     p.add_argument("--tile-batch", type=int, default=4, help="tiles per network call")
@@ -127,13 +128,13 @@ def _run(args: argparse.Namespace) -> int:
         out = api.upscale(
             args.input, args.output, args.checkpoint, args.steps, args.sampler, args.guidance, args.eta,
             args.seed, args.overwrite, args.device, tiling=_tiling(args), scale=args.scale,
-            samples=args.samples, uncertainty=args.uncertainty,
+            samples=args.samples, uncertainty=args.uncertainty, precision=args.precision,
         )
         print(f"wrote {out}")
     elif args.command == "evaluate":
         report = api.evaluate(
             args.checkpoint, args.hr, args.out, args.steps, args.sampler, args.seed, args.device, tiling=_tiling(args),
-            samples=args.samples,
+            samples=args.samples, precision=args.precision,
         )
         print(json.dumps(report["methods"], indent=2))
         print(f"report: {args.out}/report.html")

@@ -208,7 +208,7 @@ def test_existing_output_is_not_overwritten(images: dict[str, Path], checkpoint:
 
 def test_evaluate_writes_metrics_and_report(images: dict[str, Path], checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--hr", str(images["rgb8"]), str(images["jpg"]), "--out", str(out), "--steps", "2", "--tile", "32"]) == 0
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--hr", str(images["rgb8"]), str(images["jpg"]), "--out", str(out), "--steps", "2", "--tile", "32", "--overlap", "8"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["scale"] == 2
     for method in ("diffsr", "bicubic"):

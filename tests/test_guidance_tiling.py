@@ -11,7 +11,7 @@ from toolkit.guidance import classifier_free, range_null_space
 from toolkit.operators import AreaDownsample, GaussianDownsample
 from toolkit.process import GaussianProcess
 from toolkit.spaces import PixelSpace, ResidualSpace
-from toolkit.tiling import Tiling, TiledDenoiser, gaussian_weight, tile_starts
+from toolkit.tiling import TiledDenoiser, Tiling, gaussian_weight, tile_starts
 from toolkit.utils import make_generator
 
 

@@ -59,9 +59,10 @@ def test_datamodule_fit_and_val(tmp_path: Path) -> None:
         channels=3, crop_size=48, val_crop_size=100, batch_size=3, samples_per_epoch=6,
     )
     dm.setup("fit")
-    batches = list(dm.train_dataloader())
+    loader = dm.train_dataloader()
+    batches = list(loader)
     assert len(batches) == 2 and batches[0]["hr"].shape == (3, 3, 48, 48)
-    again = list(dm.train_dataloader())
+    again = list(loader)
     assert not torch.equal(batches[0]["hr"], again[0]["hr"])  # fresh crops every epoch
     val = list(dm.val_dataloader())
     assert len(val) == 2 and val[0]["hr"].shape[2] % 8 == 0 and val[0]["hr"].shape[2] <= 100

@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from toolkit.checkpoint import CHECKPOINT_FORMAT
 from toolkit.denoiser import UNetDenoiser
 from toolkit.engine import Consistency, SamplerOptions, Start, condition, sample_sr
 from toolkit.metrics import consistency_psnr, psnr, ssim
@@ -21,8 +22,6 @@ from toolkit.process import GaussianProcess
 from toolkit.samplers import SamplerName
 from toolkit.spaces import ResidualSpace, StateSpace
 from toolkit.utils import make_generator, upsample
-
-from toolkit.checkpoint import CHECKPOINT_FORMAT
 
 
 class DiffusionSR(pl.LightningModule):

@@ -75,7 +75,7 @@ def run_bench(
         sample_ddim(classifier_free(net, proc, cond), z, ts, ab)
 
     scheduler = DDIMScheduler(num_train_timesteps=proc.timesteps, schedule="linear_beta", clip_sample=False)
-    scheduler.set_timesteps(steps, device=dev)
+    scheduler.set_timesteps(steps)  # MONAI keeps its timesteps on the CPU (its inferer concatenates with a CPU tensor)
     inferer = DiffusionInferer(scheduler)
 
     def monai() -> None:

@@ -30,11 +30,12 @@ def classifier_free(
     ``w`` runs the conditional and the null-conditioned passes in one batch and returns
     ``(1 - w) * uncond + w * cond``.
     """
-    alpha_bar = process.alpha_bar
+    # looked up on the device (no host sync per step); MPS has no float64
+    alpha_bar = process.alpha_bar.to(cond.device, torch.float32 if cond.device.type == "mps" else torch.float64)
     w = float(guidance_scale)
 
     def model_fn(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ab = alpha_bar[t.long().cpu()]
+        ab = alpha_bar[t.long()]
         if w == 1.0:
             out = denoiser(z, t, cond)
         else:
@@ -61,7 +62,7 @@ def range_null_space(
         x = space.decode(x0, y)
         x0_new = space.encode(operator.project(x, y), y)
         # z = a x0 + s eps  =>  eps' = eps + a / s (x0 - x0')
-        ab = process.alpha_bar[t.long().cpu()]
+        ab = process.alpha_bar.to(t.device)[t.long()]
         a = append_dims(ab.sqrt().to(z.dtype).to(z.device).reshape(-1), z.ndim)
         s = append_dims((1 - ab).sqrt().to(z.dtype).to(z.device).reshape(-1), z.ndim)
         return x0_new, eps + a / s * (x0 - x0_new)

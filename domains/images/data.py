@@ -172,3 +172,4 @@ class ImageDataModule(pl.LightningDataModule):
         return DataLoader(self.val_set, batch_size=1, num_workers=0)
 
     test_dataloader = val_dataloader
+    predict_dataloader = val_dataloader

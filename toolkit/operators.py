@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from toolkit.utils import as_factors
+from toolkit.utils import as_factors, build_from_spec
 
 
 class Operator:
@@ -243,8 +243,4 @@ def register_operator(name: str, cls: type[Operator]) -> None:
 
 def operator_from_spec(spec: dict[str, Any]) -> Operator:
     """Rebuild an operator from :meth:`Operator.spec` data (only known, registered types)."""
-    spec = dict(spec)
-    kind = spec.pop("type", None)
-    if kind not in _OPERATORS:
-        raise ValueError(f"unknown operator type {kind!r}; known: {sorted(_OPERATORS)}")
-    return _OPERATORS[kind](**spec)  # type: ignore[call-arg]
+    return build_from_spec(_OPERATORS, spec, "operator")

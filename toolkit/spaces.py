@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from toolkit.utils import upsample
+from toolkit.utils import build_from_spec, upsample
 
 
 class StateSpace:
@@ -81,8 +81,4 @@ def register_space(name: str, cls: type[StateSpace]) -> None:
 
 def space_from_spec(spec: dict[str, Any]) -> StateSpace:
     """Rebuild a state space from :meth:`StateSpace.spec` data (only known, registered types)."""
-    spec = dict(spec)
-    kind = spec.pop("type", None)
-    if kind not in _SPACES:
-        raise ValueError(f"unknown state space type {kind!r}; known: {sorted(_SPACES)}")
-    return _SPACES[kind](**spec)  # type: ignore[call-arg]
+    return build_from_spec(_SPACES, spec, "state space")

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
+
+T = TypeVar("T")
+
+
+def build_from_spec(known: Mapping[str, type[T]], spec: Mapping[str, Any], what: str) -> T:
+    """Instantiate ``known[spec["type"]](**rest)``: only allow-listed classes, so a checkpoint never names code."""
+    rest = dict(spec)
+    kind = rest.pop("type", None)
+    if kind not in known:
+        raise ValueError(f"unknown {what} type {kind!r}; known: {sorted(known)}")
+    return known[kind](**rest)
 
 
 def append_dims(x: torch.Tensor, target_ndim: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -12,7 +13,7 @@ from toolkit.operators import AreaDownsample, GaussianDownsample
 from toolkit.process import GaussianProcess
 from toolkit.spaces import PixelSpace, ResidualSpace
 from toolkit.tiling import TiledDenoiser, Tiling, gaussian_weight, tile_starts
-from toolkit.utils import make_generator
+from toolkit.utils import make_generator, upsample
 
 
 def _randomised(net: UNetDenoiser, seed: int = 0) -> UNetDenoiser:
@@ -143,3 +144,41 @@ def test_tiled_unet_sampling_runs_in_3d() -> None:
     out = sample_sr(net, GaussianProcess(), ResidualSpace(), op, y, SamplerOptions(steps=2), make_generator(0), tiling=Tiling(8, 4, 2))
     assert out.shape == (1, 1, 12, 10, 12)
     assert torch.allclose(op.A(out), y, atol=1e-5)  # final projection: exactly consistent
+
+
+def test_sample_mean_and_uncertainty_are_consistent() -> None:
+    """The mean of K (flipped) samples still explains its input exactly; its spread is a real std."""
+    from toolkit.engine import sample_sr_with_uncertainty
+
+    net = _LocalConv().eval()
+    op = AreaDownsample(2)
+    y = torch.rand(2, 3, 10, 14, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    opts = SamplerOptions(steps=3, samples=4, flip_ensemble=True, eta=1.0)
+    mean, std = sample_sr_with_uncertainty(net, GaussianProcess(), PixelSpace(), op, y, opts, make_generator(0))
+    assert mean.shape == std.shape == (2, 3, 20, 28)
+    assert torch.allclose(op.A(mean), y, atol=1e-5)
+    assert float(std.min()) >= 0 and float(std.mean()) > 0
+    one, none = sample_sr_with_uncertainty(net, GaussianProcess(), PixelSpace(), op, y, SamplerOptions(steps=3), make_generator(0))
+    assert none is None and one.shape == mean.shape
+
+
+class _CondOnly(nn.Module):
+    """x0 prediction that ignores the noisy state: every sampler must return exactly it."""
+
+    spatial_dims = 2
+    state_channels = 3
+    multiple = 1
+
+    def forward(self, z, t, cond, drop=None):  # type: ignore[no-untyped-def]
+        return 0.5 * torch.tanh(cond) + 0 * z
+
+
+@pytest.mark.parametrize("start", ["regression", "interpolation"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp"])
+def test_truncated_starts_return_the_models_estimate(start: str, sampler: str) -> None:
+    op = AreaDownsample(2)
+    proc = GaussianProcess(parameterization="x0")
+    y = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    opts = SamplerOptions(sampler=sampler, steps=5, t_start=300, start=start, consistency="none", eta=1.0)
+    out = sample_sr(_CondOnly(), proc, PixelSpace(), op, y, opts, make_generator(5))
+    assert torch.allclose(out, 0.5 * torch.tanh(upsample(y, (16, 24))), atol=1e-5)

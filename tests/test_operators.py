@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toolkit.operators import AreaDownsample, GaussianDownsample, SeparableOperator, operator_from_spec
+from toolkit.operators import (
+    AreaDownsample,
+    FourierCrop,
+    GaussianDownsample,
+    SeparableOperator,
+    SliceAverage,
+    operator_from_spec,
+)
 
 OPERATORS_2D = [
     AreaDownsample(2),
@@ -20,6 +27,12 @@ OPERATORS_3D = [
     AreaDownsample((2, 2, 2)),
     GaussianDownsample((2, 2, 4)),
     GaussianDownsample((1, 2, 2), sigma=(0.0, 1.0, 1.0)),
+    SliceAverage(4, axis=-1),
+    SliceAverage(4, axis=0, thickness=2),
+    SliceAverage(3, axis=1, thickness=1),
+    FourierCrop((1, 2, 4)),
+    FourierCrop((3, 1, 2)),
+    FourierCrop(2),
 ]
 
 
@@ -115,3 +128,40 @@ def test_spec_round_trip(op: SeparableOperator) -> None:
     assert operator_from_spec(op.spec()) == op
     with pytest.raises(ValueError, match="unknown operator"):
         operator_from_spec({"type": "os.system"})
+
+
+@pytest.mark.parametrize("n,f", [(24, 2), (24, 4), (21, 3), (20, 4), (30, 5)])
+def test_fourier_crop_pinv_gives_back_the_low_pass_part(n: int, f: int) -> None:
+    """A^+ A x keeps every frequency below m/2 exactly (m = n/f) and removes every one above."""
+    op = FourierCrop((f, 1), spatial_dims=2)
+    x = torch.randn(2, 1, n, 5, generator=torch.Generator().manual_seed(n * f), dtype=torch.float64)
+    p = op.A_pinv(op.A(x))
+    m = n // f
+    k = torch.fft.fftfreq(n, d=1.0 / n).abs()
+    X, P = torch.fft.fft(x, dim=2), torch.fft.fft(p, dim=2)
+    below, above = k < m / 2, k > m / 2
+    assert torch.allclose(P[:, :, below], X[:, :, below], atol=1e-9)
+    assert P[:, :, above].abs().max() < 1e-9
+    # a band-limited volume passes unchanged
+    low = torch.fft.ifft(X * below[None, None, :, None], dim=2).real
+    assert torch.allclose(op.A_pinv(op.A(low)), low, atol=1e-9)
+
+
+def test_fourier_crop_keeps_constants_and_centres_like_area(x3d: torch.Tensor) -> None:
+    op = FourierCrop((2, 2, 4))
+    const = torch.full_like(x3d, 0.25)
+    assert torch.allclose(op.A(const), torch.full_like(op.A(const), 0.25), atol=1e-12)
+    # a band-limited ramp-like signal (one cosine period) is sampled at the block centres
+    n, f = 24, 4
+    j = torch.arange(n, dtype=torch.float64)
+    sig = torch.cos(2 * torch.pi * j / n).reshape(1, 1, n)
+    lr = FourierCrop((f,), spatial_dims=1).A(sig)
+    centres = torch.arange(n // f, dtype=torch.float64) * f + (f - 1) / 2
+    assert torch.allclose(lr[0, 0], torch.cos(2 * torch.pi * centres / n), atol=1e-12)
+
+
+def test_slice_average_with_gap(x3d: torch.Tensor) -> None:
+    op = SliceAverage(4, axis=-1, thickness=2)
+    y = op.A(x3d)
+    assert y.shape == (2, 1, 12, 16, 5)
+    assert torch.allclose(y[..., 1], x3d[..., 5:7].mean(-1))

@@ -74,24 +74,25 @@ class Operator:
 class SeparableOperator(Operator):
     """Operator that applies one matrix ``M_i (m_i x n_i)`` along each spatial axis ``i``."""
 
-    def axis_matrix(self, axis: int, n: int) -> torch.Tensor:
-        """The float64 ``(n // f, n)`` matrix along spatial axis ``axis`` for length ``n``."""
+    def axis_matrix(self, axis: int, n: int) -> torch.Tensor | None:
+        """The float64 ``(n // f, n)`` matrix along spatial axis ``axis`` for length ``n`` (``None``: identity)."""
         raise NotImplementedError
 
-    def _matrices(self, shape: Sequence[int], kind: str, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
-        out = []
+    def _matrices(
+        self, shape: Sequence[int], kind: str, device: torch.device, dtype: torch.dtype
+    ) -> list[torch.Tensor | None]:
+        out: list[torch.Tensor | None] = []
         for axis, n in enumerate(shape):
             m = _cached_axis(self, axis, n, kind)
-            out.append(m.to(device=device, dtype=dtype))
+            out.append(None if m is None else m.to(device=device, dtype=dtype))
         return out
 
     @staticmethod
-    def _apply(x: torch.Tensor, mats: list[torch.Tensor]) -> torch.Tensor:
-        nd = x.ndim - 2
+    def _apply(x: torch.Tensor, mats: list[torch.Tensor | None]) -> torch.Tensor:
         for axis, m in enumerate(mats):
-            dim = 2 + axis
-            x = torch.movedim(torch.movedim(x, dim, -1) @ m.T, -1, dim)
-        assert x.ndim == nd + 2
+            if m is not None:
+                dim = 2 + axis
+                x = torch.movedim(torch.movedim(x, dim, -1) @ m.T, -1, dim)
         return x
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
@@ -115,9 +116,9 @@ class SeparableOperator(Operator):
 
 
 @lru_cache(maxsize=256)
-def _cached_axis(op: SeparableOperator, axis: int, n: int, kind: str) -> torch.Tensor:
+def _cached_axis(op: SeparableOperator, axis: int, n: int, kind: str) -> torch.Tensor | None:
     m = op.axis_matrix(axis, n)
-    if kind == "A":
+    if m is None or kind == "A":
         return m
     if kind == "AT":
         return m.T.contiguous()
@@ -140,8 +141,10 @@ class AreaDownsample(SeparableOperator):
         if min(self.factors) < 1:
             raise ValueError(f"factors must be >= 1, got {self.factors}")
 
-    def axis_matrix(self, axis: int, n: int) -> torch.Tensor:
+    def axis_matrix(self, axis: int, n: int) -> torch.Tensor | None:
         f = self.factors[axis]
+        if f == 1:
+            return None
         m = torch.zeros(n // f, n, dtype=torch.float64)
         for i in range(n // f):
             m[i, i * f : (i + 1) * f] = 1.0 / f
@@ -205,13 +208,13 @@ class GaussianDownsample(SeparableOperator):
                 raise ValueError("one sigma per spatial axis is needed")
         self.truncate = float(truncate)
 
-    def axis_matrix(self, axis: int, n: int) -> torch.Tensor:
+    def axis_matrix(self, axis: int, n: int) -> torch.Tensor | None:
         f, s = self.factors[axis], self.sigma[axis]
         m = torch.zeros(n // f, n, dtype=torch.float64)
         if s <= 0:
             if f != 1:
                 raise ValueError("sigma must be > 0 when decimating")
-            return torch.eye(n, dtype=torch.float64)
+            return None
         radius = max(1, math.ceil(self.truncate * s + (f - 1) / 2))
         for i in range(n // f):
             c = i * f + (f - 1) / 2
@@ -226,6 +229,75 @@ class GaussianDownsample(SeparableOperator):
         return {"type": "gaussian", "factors": list(self.factors), "sigma": list(self.sigma), "truncate": self.truncate}
 
 
+class SliceAverage(SeparableOperator):
+    """Slice-thickness model: along one axis each low-resolution slice is the mean of ``thickness``
+    consecutive high-resolution slices at the centre of its block of ``factor`` (thick slices,
+    with a gap of ``factor - thickness`` slices between them when ``thickness < factor``).
+
+    Args:
+        factor: slice spacing in high-resolution slices.
+        axis: the slice axis among the spatial axes (negative counts from the end).
+        spatial_dims: number of spatial axes.
+        thickness: slices averaged per low-resolution slice (default ``factor``: no gap);
+            ``factor - thickness`` must be even so the slab stays centred in its block.
+    """
+
+    def __init__(self, factor: int = 4, axis: int = -1, spatial_dims: int = 3, thickness: int | None = None) -> None:
+        self.axis = axis % spatial_dims
+        self.factor = int(factor)
+        self.thickness = int(thickness or factor)
+        if not 1 <= self.thickness <= self.factor or (self.factor - self.thickness) % 2:
+            raise ValueError(f"thickness {self.thickness} must be in [1, {self.factor}] with an even gap")
+        self.factors = tuple(self.factor if a == self.axis else 1 for a in range(spatial_dims))
+
+    def axis_matrix(self, axis: int, n: int) -> torch.Tensor | None:
+        if axis != self.axis or self.factor == 1 and self.thickness == 1:
+            return None
+        f, t = self.factor, self.thickness
+        m = torch.zeros(n // f, n, dtype=torch.float64)
+        for i in range(n // f):
+            start = i * f + (f - t) // 2
+            m[i, start : start + t] = 1.0 / t
+        return m
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "slice_average", "factor": self.factor, "axis": self.axis,
+                "spatial_dims": len(self.factors), "thickness": self.thickness}
+
+
+class FourierCrop(SeparableOperator):
+    """k-space truncation: keep the central ``n / f`` frequencies along each axis (a lower-resolution
+    acquisition of the same field of view), as a real operator.
+
+    Along an axis of ``n`` samples the low-resolution sample ``i`` is the band-limited
+    interpolant of the kept frequencies ``k`` (``|k| <= m / 2``, ``m = n / f``) evaluated at the
+    centre of block ``i`` (high-resolution coordinate ``i f + (f - 1) / 2``), so the grid matches
+    :class:`AreaDownsample`; constants are kept. ``A^+ A`` is the orthogonal projection onto the
+    kept band: frequencies below ``m / 2`` come back exactly, those above are removed.
+
+    Args:
+        factors: integer factor per spatial axis (1 keeps an axis untouched).
+        spatial_dims: number of spatial axes when ``factors`` is a single int.
+    """
+
+    def __init__(self, factors: int | Sequence[int] = 2, spatial_dims: int = 3) -> None:
+        self.factors = as_factors(factors, spatial_dims if isinstance(factors, int) else len(factors))
+
+    def axis_matrix(self, axis: int, n: int) -> torch.Tensor | None:
+        f = self.factors[axis]
+        if f == 1:
+            return None
+        m = n // f
+        k = torch.arange(-(m // 2), (m - 1) // 2 + 1, dtype=torch.float64)
+        pos = torch.arange(m, dtype=torch.float64) * f + (f - 1) / 2  # LR sample centres in HR samples
+        j = torch.arange(n, dtype=torch.float64)
+        phase = 2 * math.pi * k[None, None, :] * (pos[:, None, None] - j[None, :, None]) / n
+        return torch.cos(phase).sum(-1) / n
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "fourier_crop", "factors": list(self.factors)}
+
+
 def _mirror(j: int, n: int) -> int:
     """Half-sample symmetric index reflection into ``[0, n)``."""
     period = 2 * n
@@ -233,7 +305,12 @@ def _mirror(j: int, n: int) -> int:
     return j if j < n else period - 1 - j
 
 
-_OPERATORS: dict[str, type[Operator]] = {"area": AreaDownsample, "gaussian": GaussianDownsample}
+_OPERATORS: dict[str, type[Operator]] = {
+    "area": AreaDownsample,
+    "gaussian": GaussianDownsample,
+    "slice_average": SliceAverage,
+    "fourier_crop": FourierCrop,
+}
 
 
 def register_operator(name: str, cls: type[Operator]) -> None:

@@ -7,12 +7,14 @@ and is renamed into place, so a failure never leaves a partial or changed output
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from domains.files import atomic_target, write_atomic
+
+__all__ = ["ImageFileError", "ImageInfo", "atomic_target", "read_image", "write_atomic", "write_image"]
 
 PNG_SUFFIXES = {".png"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -101,27 +103,6 @@ def _read_pil(path: Path) -> np.ndarray:
         if im.mode not in ("L", "RGB", "I;16"):
             im = im.convert("RGB")
         return np.asarray(im)
-
-
-def atomic_target(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing ``path`` unless ``overwrite``; make sure its folder exists."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: output exists (use --overwrite to replace it)")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"{path.parent}: output folder does not exist")
-
-
-def write_atomic(path: Path, write: callable, overwrite: bool = False) -> None:  # type: ignore[valid-type]
-    """Call ``write(tmp_path)`` on a temporary file beside ``path`` and rename it into place."""
-    atomic_target(path, overwrite)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_image(path: str | Path, data: np.ndarray, bit_depth: int = 8, overwrite: bool = False) -> None:

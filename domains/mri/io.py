@@ -1,0 +1,137 @@
+"""NIfTI volumes in and out with nibabel, keeping the geometry to the last decimal.
+
+Geometry convention (the same for every operator in ``toolkit.operators``): a low-resolution
+voxel covers a block of ``s`` high-resolution voxels along each axis and sits at the block's
+centre. Going from a grid to one ``s`` times finer, the voxel size divides by ``s`` and the first
+voxel centre moves by ``(1 - s) / (2 s)`` of an old voxel along each axis (towards the corner of
+the field of view), so the field of view is unchanged. Orientation, qform/sform codes, units and
+the data type travel with the volume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from domains.files import write_atomic
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+class MRIFileError(ValueError):
+    """A volume file is missing, unreadable, not 3D, or holds non-finite values (message names the file)."""
+
+
+@dataclass
+class VolumeMeta:
+    """What is needed to write a result like its input: the affine and the header it came with."""
+
+    affine: np.ndarray  # (4, 4) float64, voxel indices -> world millimetres
+    header: object  # nibabel Nifti1Header / Nifti2Header
+    dtype: np.dtype
+
+    @property
+    def zooms(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def read_volume(path: str | Path, volume_index: int | None = None) -> tuple[np.ndarray, VolumeMeta]:
+    """Read a 3D NIfTI volume (or one volume of a 4D file) as float32 ``(X, Y, Z)`` and its geometry.
+
+    Raises:
+        MRIFileError: missing or non-NIfTI file, unreadable content, 4D without ``volume_index``,
+            an index out of range, more than 4 dimensions, or NaN/infinite values.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise MRIFileError(f"{path}: file not found")
+    if not _is_nifti(path):
+        raise MRIFileError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is one clear message
+        raise MRIFileError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from None
+    if data.ndim == 4:
+        if volume_index is None:
+            raise MRIFileError(f"{path}: 4D volume of shape {data.shape}; choose one volume with a volume index (0..{data.shape[3] - 1})")
+        if not 0 <= volume_index < data.shape[3]:
+            raise MRIFileError(f"{path}: volume index {volume_index} out of range 0..{data.shape[3] - 1}")
+        data = data[..., volume_index]
+    elif data.ndim != 3:
+        raise MRIFileError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    data = np.asarray(data, dtype=np.float32)
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise MRIFileError(f"{path}: {bad} voxel(s) are NaN or infinite")
+    meta = VolumeMeta(affine=np.asarray(img.affine, dtype=np.float64), header=img.header.copy(), dtype=img.get_data_dtype())
+    return data, meta
+
+
+def scaled_affine(affine: np.ndarray, factors: Sequence[float]) -> np.ndarray:
+    """Affine of the grid ``factors`` times finer along each axis, covering the same field of view."""
+    s = np.asarray(factors, dtype=np.float64)
+    m = np.eye(4)
+    m[:3, :3] = np.diag(1.0 / s)
+    m[:3, 3] = (1.0 - s) / (2.0 * s)
+    return np.asarray(affine, dtype=np.float64) @ m
+
+
+def reduced_affine(affine: np.ndarray, factors: Sequence[float]) -> np.ndarray:
+    """Affine of the grid ``factors`` times coarser (each voxel at the centre of its block): the inverse of :func:`scaled_affine`."""
+    s = np.asarray(factors, dtype=np.float64)
+    m = np.eye(4)
+    m[:3, :3] = np.diag(s)
+    m[:3, 3] = (s - 1.0) / 2.0
+    return np.asarray(affine, dtype=np.float64) @ m
+
+
+def write_volume(
+    path: str | Path,
+    data: np.ndarray,
+    meta: VolumeMeta,
+    affine: np.ndarray | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``data`` ``(X, Y, Z)`` as NIfTI with ``affine`` (default ``meta.affine``), atomically.
+
+    The header is the input's (codes, units, description, intent) with the shape, voxel sizes,
+    qform and sform updated; integer types are rounded and clipped to their range.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not _is_nifti(path):
+        raise MRIFileError(f"{path}: output must end in .nii or .nii.gz")
+    aff = meta.affine if affine is None else np.asarray(affine, dtype=np.float64)
+    dtype = np.dtype(meta.dtype)
+    arr = np.asarray(data, dtype=np.float64)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        arr = np.clip(np.round(arr), info.min, info.max)
+    arr = arr.astype(dtype)
+    header = meta.header.copy()  # type: ignore[attr-defined]
+    header.set_data_shape(arr.shape)
+    header.set_data_dtype(dtype)
+    qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    img = nib.Nifti1Image(arr, aff, header=header) if isinstance(header, nib.Nifti1Header) else nib.Nifti2Image(arr, aff, header=header)
+    img.set_qform(aff, code=qcode or (0 if scode else 1))
+    img.set_sform(aff, code=scode if scode or qcode else 2)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header.set_zooms(tuple(float(v) for v in np.sqrt((aff[:3, :3] ** 2).sum(axis=0))))
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
+
+    def write(tmp: Path) -> None:
+        nib.save(img, str(tmp))
+
+    write_atomic(path, write, overwrite=overwrite, suffix=suffix)
+    return path

@@ -17,9 +17,9 @@ from domains.images.io import ImageFileError, read_image, write_atomic, write_im
 from toolkit.checkpoint import SRModel, load_model
 from toolkit.engine import SamplerOptions
 from toolkit.metrics import consistency_psnr, psnr, ssim
-from toolkit.operators import AreaDownsample, GaussianDownsample, Operator
+from toolkit.operators import AreaDownsample, FourierCrop, GaussianDownsample, Operator, SliceAverage
 from toolkit.tiling import Tiling
-from toolkit.utils import make_generator, upsample
+from toolkit.utils import as_factors, make_generator, upsample
 
 
 class InputError(ValueError):
@@ -27,12 +27,56 @@ class InputError(ValueError):
 
 
 def make_operator(kind: str, scale: int | Sequence[int], spatial_dims: int = 2) -> Operator:
-    """Operator by name, as the ``--operator`` option takes it."""
+    """Operator by name, as the ``--operator`` option takes it.
+
+    ``area`` and ``gaussian`` take a factor per axis; ``kspace`` (k-space truncation) too;
+    ``slice`` (slice-thickness averaging) takes the slice axis from the one factor above 1.
+    """
     if kind == "area":
         return AreaDownsample(scale, spatial_dims=spatial_dims)
     if kind == "gaussian":
         return GaussianDownsample(scale, spatial_dims=spatial_dims)
-    raise ValueError(f"unknown operator {kind!r} (area or gaussian)")
+    if kind == "kspace":
+        return FourierCrop(scale, spatial_dims=spatial_dims)
+    if kind == "slice":
+        factors = as_factors(scale, spatial_dims) if isinstance(scale, int) else tuple(scale)
+        thick = [a for a, f in enumerate(factors) if f > 1]
+        if len(thick) != 1:
+            raise ValueError(f"--operator slice needs a factor above 1 on exactly one axis, got {factors} (e.g. 1,1,4)")
+        return SliceAverage(factors[thick[0]], axis=thick[0], spatial_dims=spatial_dims)
+    raise ValueError(f"unknown operator {kind!r} (area, gaussian, kspace or slice)")
+
+
+def _is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith((".nii", ".nii.gz"))
+
+
+def degrade_volume(
+    src: str | Path,
+    dst: str | Path,
+    scale: int | Sequence[int] = 2,
+    operator: str = "area",
+    overwrite: bool = False,
+    volume_index: int | None = None,
+) -> Path:
+    """Write the low-resolution NIfTI ``A(x)`` of ``src`` with the matching geometry (block-centred voxels).
+
+    Sizes not divisible by the factors are cropped at the high-index end of each axis first
+    (which leaves the affine's origin where it is).
+    """
+    from domains.mri.io import read_volume, reduced_affine, write_volume
+
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst}: output exists (use --overwrite to replace it)")
+    data, meta = read_volume(src, volume_index)
+    op = make_operator(operator, scale, spatial_dims=3)
+    data = _crop_to_multiple(data[None], op.factors)[0]
+    if min(data.shape) == 0:
+        raise InputError(f"{src}: volume {data.shape} is smaller than the factors {op.factors}")
+    y = op.A(torch.from_numpy(np.ascontiguousarray(data))[None, None].double())[0, 0].numpy()
+    write_volume(dst, y, meta, reduced_affine(meta.affine, op.factors), overwrite=overwrite)
+    return dst
 
 
 def _crop_to_multiple(x: np.ndarray, multiple: Sequence[int]) -> np.ndarray:
@@ -40,11 +84,21 @@ def _crop_to_multiple(x: np.ndarray, multiple: Sequence[int]) -> np.ndarray:
     return x[(slice(None),) + sl]
 
 
-def degrade(src: str | Path, dst: str | Path, scale: int = 2, operator: str = "area", overwrite: bool = False) -> Path:
+def degrade(
+    src: str | Path,
+    dst: str | Path,
+    scale: int | Sequence[int] = 2,
+    operator: str = "area",
+    overwrite: bool = False,
+    volume_index: int | None = None,
+) -> Path:
     """Write the low-resolution image ``A(x)`` of ``src`` (same channels and bit depth) to ``dst``.
 
     Sizes not divisible by ``scale`` are cropped at the bottom/right to the nearest multiple.
+    NIfTI volumes (``.nii``, ``.nii.gz``) go through :func:`degrade_volume`.
     """
+    if _is_nifti(src):
+        return degrade_volume(src, dst, scale, operator, overwrite, volume_index)
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst}: output exists (use --overwrite to replace it)")

@@ -45,11 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (see 'diffsr {name} --help')", add_help=False)
 
-    d = sub.add_parser("degrade", help="write the low-resolution image a model is trained to invert")
-    d.add_argument("input")
+    d = sub.add_parser("degrade", help="write the low-resolution image or NIfTI volume a model is trained to invert")
+    d.add_argument("input", help="image (PNG, JPEG, TIFF) or NIfTI volume (.nii, .nii.gz)")
     d.add_argument("output")
-    d.add_argument("--scale", type=int, default=2, help="integer downsampling factor (default 2)")
-    d.add_argument("--operator", choices=["area", "gaussian"], default="area", help="degradation operator")
+    d.add_argument("--scale", type=_factors, default=2, help="integer factor, or one per axis such as 1,1,4 (default 2)")
+    d.add_argument(
+        "--operator", choices=["area", "gaussian", "kspace", "slice"], default="area",
+        help="area (box), gaussian (blur + decimate), kspace (k-space truncation), slice (slice-thickness averaging)",
+    )
+    d.add_argument("--volume-index", type=int, default=None, help="volume of a 4D NIfTI file to use")
     d.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     u = sub.add_parser("upscale", help="super-resolve an image with a trained checkpoint")
@@ -82,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--device", default="cpu")
     return p
+
+
+def _factors(text: str) -> int | tuple[int, ...]:
+    parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    if not parts or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: factors must be positive integers, e.g. 2 or 1,1,4")
+    return parts[0] if len(parts) == 1 else tuple(parts)
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -122,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
     from pipelines import api
 
     if args.command == "degrade":
-        out = api.degrade(args.input, args.output, args.scale, args.operator, args.overwrite)
+        out = api.degrade(args.input, args.output, args.scale, args.operator, args.overwrite, args.volume_index)
         print(f"wrote {out}")
     elif args.command == "upscale":
         out = api.upscale(

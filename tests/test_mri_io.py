@@ -102,3 +102,20 @@ def test_bad_volumes(tmp_path: Path) -> None:
         write_volume(out, data, meta)
     assert out.read_bytes() == b"keep"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("operator,scale", [("slice", "1,1,4"), ("kspace", "2"), ("area", "2,2,1")])
+def test_degrade_cli_on_nifti(operator: str, scale: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.cli import main
+
+    src = MRI / "dipy_aniso_vox.nii.gz"
+    out = tmp_path / "lr.nii.gz"
+    assert main(["degrade", str(src), str(out), "--scale", scale, "--operator", operator]) == 0
+    factors = [int(v) for v in scale.split(",")] * (3 if "," not in scale else 1)
+    img, ref = nib.load(str(out)), nib.load(str(src))
+    assert img.shape == tuple(n // f for n, f in zip(ref.shape, factors))
+    assert np.abs(img.affine - reduced_affine(ref.affine, factors)).max() < 1e-4
+    assert img.get_data_dtype() == ref.get_data_dtype()
+    code = main(["degrade", str(MRI / "nibabel_example4d.nii.gz"), str(tmp_path / "x.nii.gz")])
+    assert code != 0 and "volume index" in capsys.readouterr().err
+    assert not (tmp_path / "x.nii.gz").exists()

@@ -41,7 +41,7 @@ class DiffusionSR(pl.LightningModule):
         sampler, sampling_steps, eta, guidance_scale, consistency, t_start, start, samples,
             flip_ensemble: sampling
             defaults stored in the checkpoint (see :class:`toolkit.engine.SamplerOptions`).
-        lr: AdamW learning rate (cosine decay after a linear warm-up).
+        lr: AdamW learning rate (linear warm-up over ``warmup_steps``, then constant).
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up.
         ema_decay: EMA decay of the weights used for sampling (warmed up as ``(1+n)/(10+n)``).

@@ -68,25 +68,6 @@ def condition(y: torch.Tensor, hr_shape: tuple[int, ...]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_sr(
-    denoiser: UNetDenoiser,
-    process: GaussianProcess,
-    space: StateSpace,
-    operator: Operator,
-    y: torch.Tensor,
-    options: SamplerOptions,
-    generator: torch.Generator,
-    callback: Callback | None = None,
-    tiling: Tiling | None = None,
-) -> torch.Tensor:
-    """Super-resolve ``y``: one sample per item, or the mean of ``options.samples`` samples.
-
-    See :func:`sample_sr_with_uncertainty` for the spread of the samples as well.
-    """
-    return sample_sr_with_uncertainty(denoiser, process, space, operator, y, options, generator, callback, tiling)[0]
-
-
-@torch.no_grad()
 def sample_sr_with_uncertainty(
     denoiser: UNetDenoiser,
     process: GaussianProcess,
@@ -104,10 +85,10 @@ def sample_sr_with_uncertainty(
     """
     k = max(1, int(options.samples))
     if k == 1:
-        return _sample_once(denoiser, process, space, operator, y, options, generator, callback, tiling), None
+        return sample_sr(denoiser, process, space, operator, y, options, generator, callback, tiling), None
     flips = [_flip_dims(i, y.ndim - 2) if options.flip_ensemble else () for i in range(k)]
     batch = torch.cat([y.flip(f) if f else y for f in flips])
-    x = _sample_once(denoiser, process, space, operator, batch, options, generator, callback, tiling)
+    x = sample_sr(denoiser, process, space, operator, batch, options, generator, callback, tiling)
     x = torch.stack([xi.flip(f) if f else xi for xi, f in zip(x.chunk(k), flips)])
     return x.mean(0), x.std(0)
 
@@ -117,7 +98,8 @@ def _flip_dims(k: int, spatial_dims: int) -> tuple[int, ...]:
     return tuple(2 + d for d in range(spatial_dims) if (k % 2**spatial_dims) >> d & 1)
 
 
-def _sample_once(
+@torch.no_grad()
+def sample_sr(
     denoiser: UNetDenoiser,
     process: GaussianProcess,
     space: StateSpace,
@@ -128,7 +110,7 @@ def _sample_once(
     callback: Callback | None = None,
     tiling: Tiling | None = None,
 ) -> torch.Tensor:
-    """Draw one super-resolved sample per item of ``y``.
+    """Draw one super-resolved sample per item of ``y`` (``options.samples`` is not looked at here).
 
     Args:
         y: ``(B, C, *spatial_lr)`` normalised low-resolution batch.

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from toolkit.checkpoint import CHECKPOINT_FORMAT
 from toolkit.denoiser import UNetDenoiser
-from toolkit.engine import Consistency, SamplerOptions, Start, condition, sample_sr
+from toolkit.engine import Consistency, SamplerOptions, Start, condition, sample_sr_with_uncertainty
 from toolkit.metrics import consistency_psnr, psnr, ssim
 from toolkit.normalization import Normalization
 from toolkit.operators import AreaDownsample, Operator
@@ -136,8 +136,9 @@ class DiffusionSR(pl.LightningModule):
     # --- sampling and validation ------------------------------------------------------------
     @torch.no_grad()
     def super_resolve(self, y: torch.Tensor, generator: torch.Generator, **overrides: Any) -> torch.Tensor:
-        """Sample with the EMA weights: normalised ``y`` in, normalised high-resolution out."""
-        return sample_sr(self.ema, self.process, self.space, self.operator, y, self.options.updated(**overrides), generator)
+        """Sample with the EMA weights (the mean of ``samples`` draws): normalised ``y`` in, normalised out."""
+        opts = self.options.updated(**overrides)
+        return sample_sr_with_uncertainty(self.ema, self.process, self.space, self.operator, y, opts, generator)[0]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         x, y = self._pair(batch)

@@ -77,6 +77,7 @@ class TiledDenoiser(nn.Module):
             raise ValueError(f"tile size {self.tile_size} must be a multiple of {multiple}")
         if any(o >= t for o, t in zip(self.overlap, self.tile_size)):
             raise ValueError("overlap must be smaller than the tile size")
+        self._layouts: dict = {}
 
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         try:
@@ -84,27 +85,35 @@ class TiledDenoiser(nn.Module):
         except AttributeError:
             return getattr(self._modules["denoiser"], name)
 
+    def _layout(self, spatial: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[list[tuple[slice, ...]], torch.Tensor, torch.Tensor]:
+        """Tile slices, the tile weight map and the summed weights for a state size (cached: same every step)."""
+        key = (spatial, device, dtype)
+        if key not in self._layouts:
+            tile = tuple(min(ts, n) for ts, n in zip(self.tile_size, spatial))
+            starts = [tile_starts(n, ts, ov) for n, ts, ov in zip(spatial, tile, self.overlap)]
+            slices = [tuple(slice(s, s + n) for s, n in zip(box, tile)) for box in itertools.product(*starts)]
+            weight = gaussian_weight(tile, device=device).to(dtype)
+            norm = torch.zeros(spatial, device=device, dtype=dtype)
+            for sl in slices:
+                norm[sl] += weight
+            self._layouts = {key: (slices, weight, norm)}  # keep only the latest size
+        return self._layouts[key]
+
     def forward(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, drop: torch.Tensor | None = None) -> torch.Tensor:
-        spatial = z.shape[2:]
-        tile = tuple(min(ts, n) for ts, n in zip(self.tile_size, spatial))
-        if tile == tuple(spatial):
+        spatial = tuple(z.shape[2:])
+        if all(ts >= n for ts, n in zip(self.tile_size, spatial)):
             return self.denoiser(z, t, cond, drop)
-        starts = [tile_starts(n, ts, ov) for n, ts, ov in zip(spatial, tile, self.overlap)]
-        boxes = list(itertools.product(*starts))
-        weight = gaussian_weight(tile, device=z.device).to(z.dtype)
+        slices, weight, norm = self._layout(spatial, z.device, z.dtype)
         out = torch.zeros((z.shape[0], self.denoiser.state_channels, *spatial), device=z.device, dtype=z.dtype)
-        norm = torch.zeros(spatial, device=z.device, dtype=z.dtype)
         b = z.shape[0]
-        per_call = max(1, self.tile_batch // b) if b < self.tile_batch else 1
-        for k in range(0, len(boxes), per_call):
-            chunk = boxes[k : k + per_call]
-            sls = [tuple(slice(s, s + n) for s, n in zip(box, tile)) for box in chunk]
+        per_call = max(1, self.tile_batch // b)
+        for k in range(0, len(slices), per_call):
+            sls = slices[k : k + per_call]
             zt = torch.cat([z[(slice(None), slice(None)) + sl] for sl in sls])
             ct = None if cond is None else torch.cat([cond[(slice(None), slice(None)) + sl] for sl in sls])
-            tt = t.repeat(len(chunk))
-            dt = None if drop is None else drop.repeat(len(chunk))
+            tt = t.repeat(len(sls))
+            dt = None if drop is None else drop.repeat(len(sls))
             res = self.denoiser(zt, tt, ct, dt)
             for j, sl in enumerate(sls):
                 out[(slice(None), slice(None)) + sl] += res[j * b : (j + 1) * b] * weight
-                norm[sl] += weight
         return out / norm

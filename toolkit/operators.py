@@ -26,6 +26,9 @@ class Operator:
 
     #: integer factor per spatial axis between the high- and low-resolution grids
     factors: tuple[int, ...]
+    #: each low-resolution sample depends only on its own block of high-resolution samples, so
+    #: ``A``, ``A_pinv`` and ``project`` on block-aligned windows equal the whole-array result
+    block_local: bool = False
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802 (paper notation)
         raise NotImplementedError
@@ -136,6 +139,8 @@ class AreaDownsample(SeparableOperator):
         spatial_dims: number of spatial axes when ``factors`` is a single int.
     """
 
+    block_local = True
+
     def __init__(self, factors: int | Sequence[int] = 2, spatial_dims: int = 2) -> None:
         self.factors = as_factors(factors, spatial_dims if isinstance(factors, int) else len(factors))
         if min(self.factors) < 1:
@@ -242,6 +247,8 @@ class SliceAverage(SeparableOperator):
             ``factor - thickness`` must be even so the slab stays centred in its block.
     """
 
+    block_local = True
+
     def __init__(self, factor: int = 4, axis: int = -1, spatial_dims: int = 3, thickness: int | None = None) -> None:
         self.axis = axis % spatial_dims
         self.factor = int(factor)
@@ -261,8 +268,13 @@ class SliceAverage(SeparableOperator):
         return m
 
     def spec(self) -> dict[str, Any]:
-        return {"type": "slice_average", "factor": self.factor, "axis": self.axis,
-                "spatial_dims": len(self.factors), "thickness": self.thickness}
+        return {
+            "type": "slice_average",
+            "factor": self.factor,
+            "axis": self.axis,
+            "spatial_dims": len(self.factors),
+            "thickness": self.thickness,
+        }
 
 
 class FourierCrop(SeparableOperator):

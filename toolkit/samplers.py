@@ -40,11 +40,9 @@ def sample_ddim(
     """
     ab_all = alpha_bars.tolist()
     for i, t in enumerate(timesteps):
-        ab, ab_prev = ab_all[i], ab_all[i + 1]
         x0, eps = model_fn(z, _t(t, z))
-        sigma = eta * math.sqrt(max((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev), 0.0)) if eta > 0 else 0.0
-        dir_coef = math.sqrt(max(1 - ab_prev - sigma**2, 0.0))
-        z = math.sqrt(ab_prev) * x0 + dir_coef * eps
+        c_x0, c_eps, sigma = ddim_coefficients(ab_all[i], ab_all[i + 1], eta)
+        z = c_x0 * x0 + c_eps * eps
         if sigma > 0:
             if generator is None:
                 raise ValueError("a stochastic sampler needs a generator")
@@ -53,6 +51,32 @@ def sample_ddim(
         if callback is not None:
             callback(i, z, x0)
     return z
+
+
+def ddim_coefficients(ab: float, ab_prev: float, eta: float) -> tuple[float, float, float]:
+    """One DDIM step from ``ab`` to ``ab_prev``: ``z' = c_x0 * x0 + c_eps * eps + sigma * n``."""
+    sigma = eta * math.sqrt(max((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev), 0.0)) if eta > 0 else 0.0
+    return math.sqrt(ab_prev), math.sqrt(max(1 - ab_prev - sigma**2, 0.0)), sigma
+
+
+def dpmpp_2m_update(
+    z: torch.Tensor, x0: torch.Tensor, x0_prev: torch.Tensor | None, ab: float, ab_next: float, h_prev: float
+) -> tuple[torch.Tensor, float]:
+    """One DPM-Solver++(2M) step from ``ab`` to ``ab_next``; returns the new state and the step ``h``.
+
+    ``x0_prev`` and ``h_prev`` are the previous step's data prediction and step (``None``/0 on
+    the first step, which is then first order).
+    """
+    if ab_next >= 1.0:
+        return x0, 0.0  # the clean end point (sigma' = 0): first-order update gives x0 exactly
+    alpha, sigma = math.sqrt(ab), math.sqrt(1 - ab)
+    alpha_n, sigma_n = math.sqrt(ab_next), math.sqrt(1 - ab_next)
+    h = math.log(alpha_n / sigma_n) - math.log(alpha / sigma)
+    d = x0
+    if x0_prev is not None:
+        r = h_prev / h
+        d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+    return (sigma_n / sigma) * z - alpha_n * math.expm1(-h) * d, h
 
 
 def sample_ddpm(
@@ -92,20 +116,9 @@ def sample_dpmpp_2m(
     x0_prev: torch.Tensor | None = None
     h_prev = 0.0
     for i, t in enumerate(timesteps):
-        ab, ab_next = ab_all[i], ab_all[i + 1]
         x0, _ = model_fn(z, _t(t, z))
-        alpha, sigma = math.sqrt(ab), math.sqrt(1 - ab)
-        if ab_next >= 1.0:
-            z = x0  # the clean end point (sigma' = 0): first-order update gives x0 exactly
-        else:
-            alpha_n, sigma_n = math.sqrt(ab_next), math.sqrt(1 - ab_next)
-            h = math.log(alpha_n / sigma_n) - math.log(alpha / sigma)
-            d = x0
-            if x0_prev is not None:
-                r = h_prev / h
-                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-            z = (sigma_n / sigma) * z - alpha_n * math.expm1(-h) * d
-            h_prev = h
+        z, h = dpmpp_2m_update(z, x0, x0_prev, ab_all[i], ab_all[i + 1], h_prev)
+        h_prev = h or h_prev
         x0_prev = x0
         if callback is not None:
             callback(i, z, x0)

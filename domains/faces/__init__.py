@@ -1,0 +1,1 @@
+"""Faces: blind degradation, face-crop datamodule, Haar face detection and whole-photo restoration."""

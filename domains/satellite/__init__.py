@@ -1,0 +1,9 @@
+"""Multispectral satellite rasters: GeoTIFF/COG I/O with exact georeferencing, sensor-model operator, data, metrics.
+
+Importing the package registers the ``sensor_mtf`` operator, so checkpoints that use it load.
+"""
+
+from domains.satellite.io import RasterFileError, RasterMeta, RasterReader, RasterWriter, read_raster
+from domains.satellite.operators import SensorMTFDownsample, sigma_from_mtf
+
+__all__ = ["RasterFileError", "RasterMeta", "RasterReader", "RasterWriter", "SensorMTFDownsample", "read_raster", "sigma_from_mtf"]

@@ -14,9 +14,11 @@ pytest.importorskip("cv2", reason="face detection needs the 'faces' extra (openc
 from domains.faces.detect import FaceBox, detect_faces  # noqa: E402
 from domains.faces.pipeline import (  # noqa: E402
     FaceInputError,
+    compare_starts,
     degrade_face,
     evaluate_faces,
     feather_mask,
+    is_face_checkpoint,
     load_face_model,
     restore_faces,
     restore_photo,
@@ -79,6 +81,16 @@ def test_whole_photo_astronaut(model: SRModel, tmp_path: Path) -> None:
     # ... and the face was restored (changed) inside its square
     inner = (slice(None), slice(top + side // 4, top + 3 * side // 4), slice(left + side // 4, left + 3 * side // 4))
     assert np.abs(got[inner] - ref[inner]).mean() > 1e-3
+
+
+def test_whole_photo_with_an_image_model_for_the_rest(model: SRModel, tmp_path: Path) -> None:
+    """The background comes from an x2 image checkpoint; a face square that leaves the photo is padded and clipped."""
+    img = read_image(ASTRONAUT)[0][:, 50:242, 120:328]  # 192x208 around the face, which touches the top edge
+    src = tmp_path / "astronaut_crop.png"
+    write_image(src, img, 8)
+    res = restore_photo(src, tmp_path / "out.png", model, background=_model(factor=2), scale=3)
+    assert res.scale == 2 and res.squares[0][0] < 0  # the image model's factor wins; the square starts above the photo
+    assert read_image(tmp_path / "out.png")[0].shape == (3, 384, 416)
 
 
 def test_feather_mask_is_smooth() -> None:
@@ -177,6 +189,12 @@ def test_recipe_through_the_cli_then_evaluate(tmp_path: Path) -> None:
     # the evaluation's degradation is seeded by file name: the same seed gives the same bicubic scores
     again = evaluate_faces(fm, FACES / "congress_portraits", tmp_path / "eval2", degradation_seed=1, holdout=40, limit=2, steps=2)
     assert again["methods"]["bicubic"] == report["methods"]["bicubic"]
+    assert is_face_checkpoint(ckpt) and not is_face_checkpoint(tmp_path / "eval" / "metrics.json")
+    cmp = compare_starts(fm, FACES / "congress_portraits", tmp_path / "cmp", 1, holdout=40, nfe=(1, 2), t_starts=(100,),
+                         full_steps=3, limit=2)
+    assert [r["nfe"] for r in cmp["runs"]] == [1, 2, 2, 3]
+    assert cmp["bicubic"] == {"psnr": m["psnr"], "ssim": m["ssim"]}
+    assert (tmp_path / "cmp" / "compare.md").read_text().count("\n") == 7
 
 
 def test_face_box_square() -> None:

@@ -89,6 +89,14 @@ def _face_state(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def is_face_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a face restoration checkpoint (written with :class:`~domains.faces.data.FaceDataModule`)."""
+    try:
+        return bool(_face_state(read_checkpoint(path)))
+    except CheckpointError:
+        return False
+
+
 def load_face_model(
     checkpoint: str | Path | SRModel | FaceModel, device: str = "cpu", size: int | None = None
 ) -> FaceModel:
@@ -567,7 +575,7 @@ def compare_starts(
     scale: int = 4,
     holdout: int | None = None,
     nfe: Sequence[int] = (1, 2, 4, 8),
-    t_start: int = 200,
+    t_starts: Sequence[int] = (100, 200, 400),
     full_steps: int = 50,
     seed: int = 0,
     batch_size: int = 8,
@@ -577,12 +585,13 @@ def compare_starts(
 ) -> dict[str, Any]:
     """Few steps from a regression estimate (DifFace) against sampling from noise, at equal network evaluations.
 
-    For each budget ``k`` in ``nfe``: (a) ``k`` DDIM steps from pure noise; (b) the regression
-    estimate (one evaluation at ``T``) noised to ``t_start``, then ``k - 1`` DDIM steps (``k = 1``:
-    the regression estimate itself). Both cost ``k`` network evaluations, so equal wall time (each
-    run's wall time is measured and reported); ``full_steps`` from noise is the reference.
+    For each budget ``k`` in ``nfe``: (a) ``k`` DDIM steps from pure noise; (b) for each ``t_start``
+    in ``t_starts``, the regression estimate (one evaluation at ``T``) noised to ``t_start``, then
+    ``k - 1`` DDIM steps; ``k = 1`` is the regression estimate itself. All cost ``k`` network
+    evaluations, so the same wall time (each run's wall time is measured and reported);
+    ``full_steps`` from noise is the reference.
 
-    Writes ``out_dir/compare.json`` and returns it.
+    Writes ``out_dir/compare.json`` and ``out_dir/compare.md`` (a table) and returns the report.
     """
     fm = load_face_model(model, device)
     out = Path(out_dir)
@@ -598,14 +607,19 @@ def compare_starts(
 
     base = fm.options(samples=1, sampler="ddim", eta=0.0)
     for k in nfe:
+        if k == 1:  # one step from pure noise at T is the regression estimate E[x0 | y]
+            run("regression estimate (1 step from noise)", 1, replace(base, steps=1, t_start=None))
+            continue
         run(f"noise, {k} steps", k, replace(base, steps=k, t_start=None))
-        if k == 1:
-            run("regression estimate", 1, replace(base, steps=1, t_start=None))
-        else:
-            run(f"regression + {k - 1} steps from t={t_start}", k, base.updated(steps=k, t_start=t_start, start="regression"))
+        for t_start in t_starts:
+            run(f"regression + {k - 1} steps from t={t_start}", k, replace(base, steps=k, t_start=t_start, start="regression"))
     run(f"noise, {full_steps} steps (reference)", full_steps, replace(base, steps=full_steps, t_start=None))
     bic = _scores(prep.grid, prep)
     report = {"model": fm.source, "files_evaluated": len(prep.files), "degradation_seed": degradation_seed, "scale": scale,
               "bicubic": {"psnr": _mean(bic["psnr"]), "ssim": _mean(bic["ssim"])}, "runs": runs}
     write_atomic(out / "compare.json", lambda p: p.write_text(json.dumps(report, indent=2)), overwrite=overwrite)
+    lines = ["| sampling | network evaluations | seconds | PSNR (dB) | SSIM |", "|---|---|---|---|---|",
+             f"| bicubic of the degraded input | 0 | 0 | {report['bicubic']['psnr']:.2f} | {report['bicubic']['ssim']:.4f} |"]
+    lines += [f"| {r['name']} | {r['nfe']} | {r['seconds']:.1f} | {r['psnr']:.2f} | {r['ssim']:.4f} |" for r in runs]
+    write_atomic(out / "compare.md", lambda p: p.write_text("\n".join(lines) + "\n"), overwrite=overwrite)
     return report

@@ -132,7 +132,13 @@ def test_bad_input_names_the_file_and_writes_nothing(model: SRModel, tmp_path: P
         restore_faces(tiny, tmp_path / "tiny_out.png", model)
     with pytest.raises(FaceInputError, match="tiny.png: image is 8x8 px, too small"):
         restore_photo(tiny, tmp_path / "tiny_photo.png", model)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.png"]  # no output, no temporary file
+    bad_folder = tmp_path / "folder"
+    bad_folder.mkdir()
+    write_image(bad_folder / "a_good.png", read_image(FACES / "obama_official_256.png")[0][:, ::4, ::4], 8)
+    write_image(bad_folder / "b_tiny.png", read_image(FACES / "obama_official_256.png")[0][:, ::32, ::32], 8)
+    with pytest.raises(FaceInputError, match="b_tiny.png"):
+        restore_faces(bad_folder, tmp_path / "folder_out", model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "tiny.png"]  # no output, no temporary file
     existing = tmp_path / "exists.png"
     existing.write_bytes(b"keep")
     with pytest.raises(FileExistsError):

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from domains.faces.data import PORTRAIT_CENTER, PORTRAIT_SIDE, crop_box, crop_square, resize, split_by_person
-from domains.faces.degradations import FaceDegradation, evaluation_degradation
+from domains.faces.degradations import FaceDegradation, Output, evaluation_degradation
 from domains.faces.detect import FACE_MARGIN, FaceBox, detect_faces
 from domains.files import atomic_target, write_atomic
 from domains.images.data import list_images
@@ -191,11 +191,12 @@ def restore_faces(
     src, dst = Path(src), Path(dst)
     files = list_images(src)
     targets = _targets(src, dst, files)
-    if src.is_dir():
-        dst.mkdir(parents=True, exist_ok=True)
     for t in targets:
-        atomic_target(t, overwrite)
-    inputs = [_read_face_input(f, fm, fm.min_face) for f in files]
+        if t.exists() and not overwrite:
+            raise FileExistsError(f"{t}: output exists (use --overwrite to replace it)")
+    if not src.is_dir():
+        atomic_target(dst, overwrite)
+    inputs = [_read_face_input(f, fm, fm.min_face) for f in files]  # every input is checked before anything is written
     multiple = fm.model.denoiser.multiple
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (x, _) in enumerate(inputs):
@@ -209,6 +210,8 @@ def restore_faces(
             out = fm.restore(batch, make_generator(seed + k), options)
             for i, o in zip(chunk, out):
                 results[i] = o
+    if src.is_dir():
+        dst.mkdir(parents=True, exist_ok=True)
     for i, t in enumerate(targets):
         out = results[i][None]
         if out_size is not None:
@@ -336,7 +339,7 @@ def degrade_face(
     dst: str | Path,
     seed: int = 0,
     degradation: FaceDegradation | None = None,
-    output: str = "lr",
+    output: Output = "lr",
     size: int | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:

@@ -17,6 +17,7 @@ on the range for PSNR.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -92,10 +93,16 @@ def band_ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float | Sequ
 
 
 def sam_degrees(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean spectral angle in degrees per sample, ``(B,)``, over valid pixels (needs 2 bands or more)."""
+    """Mean spectral angle in degrees per sample, ``(B,)``, over valid pixels (needs 2 bands or more).
+
+    A pixel whose spectrum is all zero in one image only counts as 90 degrees; in both, as 0.
+    """
     if pred.shape[1] < 2:
         raise ValueError("the spectral angle needs at least 2 bands")
-    angle = spectral_angle_mapper(pred.double(), target.double(), reduction="none")  # (B, H, W) radians
+    p, t = pred.double(), target.double()
+    angle = spectral_angle_mapper(p, t, reduction="none")  # (B, H, W) radians; NaN where a spectrum is all zero
+    zero_p, zero_t = p.abs().amax(1) == 0, t.abs().amax(1) == 0
+    angle = torch.where(zero_p & zero_t, 0.0, torch.where(zero_p | zero_t, math.pi / 2, angle))
     return _masked_mean(torch.rad2deg(angle)[:, None], _mask(valid, pred))[:, 0]
 
 

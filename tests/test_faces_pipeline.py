@@ -180,6 +180,7 @@ def test_recipe_through_the_cli_then_evaluate(tmp_path: Path) -> None:
     ckpt = tmp_path / "last.ckpt"
     fm = load_face_model(ckpt)
     assert fm.size == 32 and fm.model.scale == (1, 1) and fm.options().consistency == "none"
+    assert fm.options().t_start == 200 and fm.options(steps=1, t_start="noise").t_start is None
     report = evaluate_faces(ckpt, FACES / "congress_portraits", tmp_path / "eval", degradation_seed=1, holdout=40, limit=2,
                             panels=2, steps=2)
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ from toolkit.utils import make_generator, upsample
 MIN_FACE_FRACTION = 1 / 8
 #: the smallest photo side accepted in whole-photo mode
 MIN_PHOTO_SIDE = 32
+#: a truncated start's timestep, "noise" for sampling from pure noise, None for the checkpoint's default
+TStart = int | Literal["noise"] | None
 
 
 class FaceInputError(ValueError):
@@ -67,9 +69,16 @@ class FaceModel:
     def min_face(self) -> int:
         return max(8, math.ceil(self.size * MIN_FACE_FRACTION))
 
-    def options(self, **overrides: Any) -> SamplerOptions:
-        """The checkpoint's sampling defaults with ``overrides`` (``None`` ignored), never projecting."""
-        return self.model.options.updated(**overrides).updated(consistency="none")
+    def options(self, t_start: TStart = None, **overrides: Any) -> SamplerOptions:
+        """The checkpoint's sampling defaults with ``overrides`` (``None`` ignored), never projecting.
+
+        ``t_start="noise"`` samples from pure noise (no truncated start): with ``steps=1`` that is
+        the regression estimate ``E[x0 | y]`` alone; an int is the truncated start's timestep.
+        """
+        opts = self.model.options.updated(**overrides).updated(consistency="none")
+        if t_start == "noise":
+            return replace(opts, t_start=None)
+        return opts.updated(t_start=t_start)
 
     @torch.no_grad()
     def restore(self, faces: torch.Tensor, generator: torch.Generator, options: SamplerOptions | None = None) -> torch.Tensor:
@@ -169,7 +178,7 @@ def restore_faces(
     dst: str | Path,
     model: str | Path | SRModel | FaceModel,
     steps: int | None = None,
-    t_start: int | None = None,
+    t_start: TStart = None,
     samples: int | None = None,
     seed: int = 0,
     batch_size: int = 8,
@@ -280,7 +289,7 @@ def restore_photo(
     feather: float = 0.15,
     min_face: int = 24,
     steps: int | None = None,
-    t_start: int | None = None,
+    t_start: TStart = None,
     samples: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
@@ -456,7 +465,7 @@ def evaluate_faces(
     holdout: int | None = None,
     degradation: FaceDegradation | None = None,
     steps: int | None = None,
-    t_start: int | None = None,
+    t_start: TStart = None,
     samples: int | None = None,
     seed: int = 0,
     batch_size: int = 8,
@@ -477,6 +486,8 @@ def evaluate_faces(
     truth itself (the level the noise and JPEG leave); LPIPS where its weights are present.
 
     Args:
+        steps, t_start, samples: sampling overrides (``t_start="noise"``: from pure noise; with
+            ``steps=1`` the regression estimate alone).
         holdout: evaluate only the people the datamodule holds back with ``val_count=holdout``.
         panels: faces shown in ``panel.png`` (degraded, bicubic, restored, truth).
         limit: evaluate only the first ``limit`` files (after the split).

@@ -89,6 +89,9 @@ class DiffusionSR(pl.LightningModule):
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.ema_decay, self.cond_drop_prob = ema_decay, cond_drop_prob
         self.data_range, self.val_seed = data_range, val_seed
+        #: what a domain's inference needs beyond the engine (plain data from the datamodule's
+        #: ``domain_spec``, e.g. MRI's per-volume intensity normalisation or slice-wise layout)
+        self.domain: dict[str, Any] | None = None
 
     # --- data ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -96,6 +99,9 @@ class DiffusionSR(pl.LightningModule):
         norm = getattr(dm, "normalization", None)
         if isinstance(norm, Normalization):
             self.normalization = norm
+        domain = getattr(dm, "domain_spec", None)
+        if isinstance(domain, dict):
+            self.domain = domain
 
     def _pair(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         hr = batch["hr"]
@@ -182,7 +188,14 @@ class DiffusionSR(pl.LightningModule):
             "normalization": self.normalization.spec(),
             "sampler": self.options.spec(),
             "data_range": self.data_range,
+            **({"domain": self.domain} if self.domain is not None else {}),
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diffsr"] = self.inference_spec()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        spec = checkpoint.get("diffsr", {})
+        self.domain = spec.get("domain", self.domain)
+        if "normalization" in spec:
+            self.normalization = Normalization(**spec["normalization"])

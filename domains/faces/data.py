@@ -140,7 +140,7 @@ class FaceTrainDataset(Dataset):
         hr = crop_square(img, crop_box((h, w), (cy, cx), side), self.size)
         if self.flip and rng.random() < 0.5:
             hr = hr.flip(-1)
-        lr = self.degradation(hr[None], rng)[0]
+        lr = self.degradation.degrade(hr[None], rng).grid[0]  # on the model grid whatever ``output`` says
         return {"hr": hr, "lr": lr}
 
 

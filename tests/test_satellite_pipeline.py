@@ -155,6 +155,22 @@ def test_disk_state_gives_the_same_output(tmp_path: Path, models: dict[str, SRMo
     _no_leftovers(tmp_path, {"lr.tif", "mem.tif", "disk.tif"})
 
 
+def test_uncertainty_map(tmp_path: Path, models: dict[str, SRModel]) -> None:
+    lr = degrade_raster(TENTH, tmp_path / "lr.tif", 2, "area")
+    model = models["rgb"]
+    opts = model.options.updated(samples=2)
+    sr = upscale_raster(lr, tmp_path / "sr.tif", model, opts, tiling=TILING, progress=False, uncertainty=tmp_path / "std.tif")
+    _check_geometry(lr, sr, 2)
+    with rasterio.open(tmp_path / "std.tif") as ds, rasterio.open(sr) as out:
+        std = ds.read()
+        assert ds.dtypes[0] == "float32" and ds.transform == out.transform and ds.crs == out.crs and np.isnan(ds.nodata)
+        invalid = out.dataset_mask() == 0
+    assert np.isnan(std[:, invalid]).all() and (std[:, ~invalid] >= 0).all() and std[:, ~invalid].max() > 0
+    with pytest.raises(ValueError, match="2 or more samples"):
+        upscale_raster(lr, tmp_path / "sr2.tif", model, tiling=TILING, progress=False, uncertainty=tmp_path / "std2.tif")
+    _no_leftovers(tmp_path, {"lr.tif", "sr.tif", "std.tif"})
+
+
 # --- bad input: a clear error and no output file ----------------------------------------------------------
 def test_band_count_mismatch(tmp_path: Path, models: dict[str, SRModel]) -> None:
     with pytest.raises(RasterFileError, match=r"has 7 band\(s\) but the checkpoint was trained on 3 \(select bands"):

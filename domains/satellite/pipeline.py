@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -183,6 +184,7 @@ def upscale_raster(
     precision: str = "32",
     workdir: str | Path | None = None,
     state: Literal["auto", "memory", "disk"] = "auto",
+    uncertainty: str | Path | None = None,
 ) -> Path:
     """Super-resolve a GeoTIFF window by window into a tiled, compressed GeoTIFF on the finer grid.
 
@@ -205,6 +207,9 @@ def upscale_raster(
         precision: ``32``, ``bf16`` or ``fp16`` (autocast of the network).
         workdir: folder for the on-disk diffusion state (default: the system's temporary folder).
         state: where the state lives (``auto``: on disk above 256 MB).
+        uncertainty: also write the per-pixel standard deviation over ``options.samples``
+            (2 or more) samples, per band in data units, as a float32 GeoTIFF on the same grid
+            (NaN where the input was nodata): where the samples disagree, the model guesses.
 
     Raises:
         RasterFileError: bad input or a band count that does not match the checkpoint; nothing is written.
@@ -215,6 +220,10 @@ def upscale_raster(
     dst = Path(dst)
     atomic_target(dst, overwrite)
     opts = options or model.options
+    if uncertainty is not None:
+        atomic_target(Path(uncertainty), overwrite)
+        if opts.samples < 2:
+            raise ValueError(f"{uncertainty}: an uncertainty map needs 2 or more samples (options.samples is {opts.samples})")
     with _env(), RasterReader(src, bands) as reader:
         meta = reader.meta
         _check_model(model, meta)
@@ -227,17 +236,32 @@ def upscale_raster(
             data, valid = reader.read(region)  # type: ignore[arg-type]
             return _fill(data, valid, fill)
 
+        def valid_of(region: Region) -> np.ndarray | None:
+            return _nearest_mask(reader, region, factors) if meta.nodata is not None else None
+
         def write(tmp: Path) -> None:
             with RasterWriter(tmp, hr_meta) as out:
 
                 def write_hr(region: Region, value: np.ndarray) -> None:
-                    valid = _nearest_mask(reader, region, factors) if meta.nodata is not None else None
-                    out.write(region, value, valid)  # type: ignore[arg-type]
+                    out.write(region, value, valid_of(region))  # type: ignore[arg-type]
 
-                stream_upscale(
-                    model, read_lr, meta.shape, write_hr, opts, seed=seed, tiling=tiling,
-                    workdir=workdir, progress=progress, precision=precision, state=state,
-                )
+                def run(write_std: Callable[[Region, np.ndarray], None] | None) -> None:
+                    stream_upscale(
+                        model, read_lr, meta.shape, write_hr, opts, seed=seed, tiling=tiling, write_std=write_std,
+                        workdir=workdir, progress=progress, precision=precision, state=state,
+                    )
+
+                if uncertainty is None:
+                    run(None)
+                    return
+                std_meta = replace(hr_meta, dtype="float32", nodata=float("nan") if meta.nodata is not None else None,
+                                   scales=(), offsets=(), colorinterp=())
+
+                def write_with_std(tmp_std: Path) -> None:
+                    with RasterWriter(tmp_std, std_meta) as std_out:
+                        run(lambda region, value: std_out.write(region, value, valid_of(region)))  # type: ignore[arg-type]
+
+                write_atomic(Path(uncertainty), write_with_std, overwrite=overwrite)
 
         write_atomic(dst, write, overwrite=overwrite)
     return dst

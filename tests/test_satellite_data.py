@@ -112,6 +112,7 @@ TINY = [
     "--model.init_args.sampling_steps=2",
     "--model.init_args.samples=1",
     "--trainer.max_steps=2",
+    "--trainer.limit_val_batches=2",
     "--trainer.max_time=null",
     "--trainer.logger=false",
     "--trainer.enable_progress_bar=false",

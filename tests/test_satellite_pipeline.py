@@ -147,7 +147,7 @@ def test_band_selection(tmp_path: Path, models: dict[str, SRModel]) -> None:
 
 
 def test_disk_state_gives_the_same_output(tmp_path: Path, models: dict[str, SRModel]) -> None:
-    lr = degrade_raster(L7, tmp_path / "lr.tif", 2, "area")
+    lr = degrade_raster(TENTH, tmp_path / "lr.tif", 2, "area")
     a = upscale_raster(lr, tmp_path / "mem.tif", models["rgb"], tiling=TILING, progress=False, state="memory")
     b = upscale_raster(lr, tmp_path / "disk.tif", models["rgb"], tiling=TILING, progress=False, state="disk", workdir=tmp_path)
     with rasterio.open(a) as x, rasterio.open(b) as y:

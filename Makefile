@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned to the CPU build that lies on this machine's disk
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test,mri,satellite,extra]"
+	$(BIN)/python -m pip install --quiet -e ".[test,mri,satellite,faces,extra]"
 	touch $(STAMP)
 
 test: install

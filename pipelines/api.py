@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -20,6 +20,16 @@ from toolkit.metrics import consistency_psnr, psnr, ssim
 from toolkit.operators import AreaDownsample, FourierCrop, GaussianDownsample, Operator, SliceAverage
 from toolkit.tiling import Tiling
 from toolkit.utils import as_factors, make_generator, upsample
+
+#: default tiles: 2D images, and 3D volumes (patches; memory follows the patch size)
+IMAGE_TILING = Tiling(128, 32, 4)
+VOLUME_TILING = Tiling(64, 16, 2)
+
+
+try:  # registers the sensor_mtf operator, so satellite checkpoints load (needs the satellite extra)
+    import domains.satellite  # noqa: F401
+except ImportError:  # pragma: no cover - rasterio missing
+    pass
 
 
 class InputError(ValueError):
@@ -49,6 +59,31 @@ def make_operator(kind: str, scale: int | Sequence[int], spatial_dims: int = 2) 
 
 def _is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith((".nii", ".nii.gz"))
+
+
+def _is_georeferenced(path: str | Path) -> bool:
+    """A TIFF that carries a coordinate reference system (a GeoTIFF/COG, not a plain image)."""
+    if not str(path).lower().endswith((".tif", ".tiff")) or not Path(path).is_file():
+        return False
+    try:
+        import rasterio
+
+        with rasterio.open(path) as src:
+            return src.crs is not None
+    except Exception:  # noqa: BLE001 - unreadable here means "not a GeoTIFF"; the reader says why later
+        return False
+
+
+def model_kind(model: SRModel) -> str | None:
+    """The domain a checkpoint was trained for (``mri``, ``satellite``, ``faces``), ``None`` for plain images."""
+    kind = (model.spec.get("domain") or {}).get("kind")
+    if kind is None and model.operator.spec().get("type") == "sensor_mtf":
+        kind = "satellite"
+    return kind
+
+
+def _bands(model: SRModel, bands: Sequence[int] | None) -> Sequence[int] | None:
+    return bands if bands is not None else (model.spec.get("domain") or {}).get("bands")
 
 
 def degrade_volume(
@@ -91,14 +126,33 @@ def degrade(
     operator: str = "area",
     overwrite: bool = False,
     volume_index: int | None = None,
+    bands: Sequence[int] | None = None,
+    mtf: float = 0.3,
+    faces: bool = False,
+    seed: int = 0,
+    size: int | None = None,
 ) -> Path:
     """Write the low-resolution image ``A(x)`` of ``src`` (same channels and bit depth) to ``dst``.
 
     Sizes not divisible by ``scale`` are cropped at the bottom/right to the nearest multiple.
-    NIfTI volumes (``.nii``, ``.nii.gz``) go through :func:`degrade_volume`.
+    NIfTI volumes (``.nii``, ``.nii.gz``) go through :func:`degrade_volume`; GeoTIFFs (or any
+    raster with ``bands`` or the ``mtf`` operator) through
+    :func:`domains.satellite.pipeline.degrade_raster`, georeferenced; with ``faces`` the seeded
+    blind face degradation of :mod:`domains.faces` is applied instead of an operator.
     """
+    if faces:
+        from domains.faces.pipeline import degrade_face
+
+        degrade_face(src, dst, seed=seed, size=size, overwrite=overwrite)
+        return Path(dst)
     if _is_nifti(src):
         return degrade_volume(src, dst, scale, operator, overwrite, volume_index)
+    if operator == "mtf" or bands is not None or _is_georeferenced(src):
+        from domains.satellite.pipeline import degrade_raster
+
+        if operator not in ("area", "mtf"):
+            raise InputError(f"{src}: rasters are degraded with --operator area or mtf, not {operator}")
+        return degrade_raster(src, dst, scale, operator, overwrite, bands, mtf)  # type: ignore[arg-type]
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst}: output exists (use --overwrite to replace it)")
@@ -158,6 +212,16 @@ def upscale_array(
     return x[crop].float().cpu(), None if std is None else std[crop].float().cpu()
 
 
+def _check_scale(model: SRModel, scale: int | Sequence[int] | None, checkpoint: str | Path | None, factors: Sequence[int]) -> None:
+    """Refuse a checkpoint whose factors are not the requested ``scale`` (one int: every upscaled axis)."""
+    if scale is None:
+        return
+    want = [f for f in factors if f > 1] if isinstance(scale, int) else list(scale)
+    ok = all(f == scale for f in want) if isinstance(scale, int) else list(factors) == want
+    if not ok or not want:
+        raise InputError(f"{checkpoint}: checkpoint upscales x{'x'.join(map(str, factors))}, not the requested x{scale if isinstance(scale, int) else 'x'.join(map(str, scale))}")
+
+
 def upscale(
     src: str | Path,
     dst: str | Path,
@@ -171,34 +235,68 @@ def upscale(
     device: str = "cpu",
     progress: bool = True,
     model: SRModel | None = None,
-    tiling: Tiling | None = Tiling(),
-    scale: int | None = None,
+    tiling: Tiling | None | Literal["auto"] = "auto",
+    scale: int | Sequence[int] | None = None,
     samples: int | None = None,
     uncertainty: str | Path | None = None,
     precision: str = "32",
+    volume_index: int | None = None,
+    bands: Sequence[int] | None = None,
+    whole_photo: bool = False,
+    background: str | Path | None = None,
+    workdir: str | Path | None = None,
 ) -> Path:
-    """Upscale an image file with a trained checkpoint; the output keeps the channels and bit depth.
+    """Upscale an image, a NIfTI volume, a GeoTIFF or a face with a trained checkpoint.
 
-    ``scale``, when given, must be the checkpoint's factor (a guard against using the wrong model).
-    With ``samples`` > 1 the output is the mean of that many samples and ``uncertainty``, when
-    given, receives their per-pixel standard deviation as a 16-bit image (data units, [0, 1]).
+    Images keep their channels and bit depth; volumes keep their header and dtype and get the
+    finer grid's affine (see :mod:`domains.mri.pipeline`). ``scale``, when given, must be the
+    checkpoint's factor (a guard against using the wrong model). With ``samples`` > 1 the output
+    is the mean of that many samples and ``uncertainty``, when given, receives their per-pixel
+    standard deviation (a 16-bit image in [0, 1] units, or a float32 NIfTI in scanner units).
     """
     dst = Path(dst)
     for target in (dst, uncertainty):
         if target is not None and Path(target).exists() and not overwrite:
             raise FileExistsError(f"{target}: output exists (use --overwrite to replace it)")
+    if model is None:
+        from domains.faces.pipeline import is_face_checkpoint, restore_faces, restore_photo
+
+        if is_face_checkpoint(checkpoint):
+            if whole_photo:
+                face_scale = scale if isinstance(scale, int) else 2
+                restore_photo(src, dst, checkpoint, True, face_scale, background, steps=steps, samples=samples, seed=seed, overwrite=overwrite, device=device)
+            else:
+                restore_faces(src, dst, checkpoint, steps=steps, samples=samples, seed=seed, overwrite=overwrite, device=device)
+            return dst
+    if whole_photo:
+        raise InputError(f"{checkpoint}: --whole-photo needs a face restoration checkpoint")
     model = model or load_model(checkpoint, device)
-    if scale is not None and any(f != scale for f in model.scale):
-        raise InputError(f"{checkpoint}: checkpoint upscales x{'x'.join(map(str, model.scale))}, not the requested x{scale}")
-    data, info = read_image(src)
-    if info.channels != model.channels:
-        raise InputError(f"{src}: image has {info.channels} channel(s) but the checkpoint was trained on {model.channels}")
-    if model.spatial_dims != 2:
-        raise InputError(f"{src}: a 2D image cannot go through a {model.spatial_dims}D checkpoint")
     options = model.options.updated(steps=steps, sampler=sampler, guidance_scale=guidance, eta=eta, samples=samples)
     if uncertainty is not None and options.samples < 2:
         raise InputError(f"{uncertainty}: an uncertainty map needs --samples 2 or more")
-    x, std = upscale_array(model, torch.from_numpy(data)[None], options, seed, progress, Path(src).name, tiling, precision)
+    if _is_nifti(src):
+        from domains.mri.pipeline import check_volume_model, upscale_volume, volume_factors
+
+        check_volume_model(model, src)
+        _check_scale(model, scale, checkpoint, volume_factors(model))
+        tiles = VOLUME_TILING if tiling == "auto" else tiling
+        return upscale_volume(src, dst, model, options, seed, tiles, overwrite, volume_index, progress, precision, uncertainty)
+    _check_scale(model, scale, checkpoint, model.scale)
+    if model_kind(model) == "satellite" or _is_georeferenced(src):
+        from domains.satellite.pipeline import upscale_raster
+
+        tiles = IMAGE_TILING if tiling == "auto" else (tiling or Tiling(1 << 16, 0, 1))
+        return upscale_raster(
+            src, dst, model, options, seed, tiles, overwrite, _bands(model, bands), progress, precision, workdir, uncertainty=uncertainty
+        )
+    data, info = read_image(src)
+    if info.channels != model.channels:
+        raise InputError(f"{src}: image has {info.channels} channel(s) but the checkpoint was trained on {model.channels}")
+    if model.spatial_dims != 2 or (model.spec.get("domain") or {}).get("slicewise"):
+        kind = "slice-wise MRI" if model.spatial_dims == 2 else f"{model.spatial_dims}D"
+        raise InputError(f"{src}: a 2D image cannot go through a {kind} checkpoint")
+    tiles = IMAGE_TILING if tiling == "auto" else tiling
+    x, std = upscale_array(model, torch.from_numpy(data)[None], options, seed, progress, Path(src).name, tiles, precision)
     write_image(dst, x[0].numpy(), info.bit_depth, overwrite=overwrite)
     if uncertainty is not None and std is not None:
         write_image(uncertainty, std[0].numpy(), 16, overwrite=overwrite)
@@ -232,19 +330,47 @@ def evaluate(
     progress: bool = True,
     model: SRModel | None = None,
     overwrite: bool = True,
-    tiling: Tiling | None = Tiling(),
+    tiling: Tiling | None | Literal["auto"] = "auto",
     samples: int | None = None,
     precision: str = "32",
+    bands: Sequence[int] | None = None,
+    degradation_seed: int = 0,
+    holdout: int | None = None,
 ) -> dict[str, Any]:
     """Degrade each high-resolution file with the checkpoint's operator, upscale it, compare with bicubic.
+
+    NIfTI volumes, GeoTIFFs and face checkpoints go to their domain's evaluation
+    (:mod:`domains.mri.pipeline`, :mod:`domains.satellite.pipeline`, :mod:`domains.faces.pipeline`).
 
     Writes ``out_dir/metrics.json`` and ``out_dir/report.html`` (with PNG crops) and returns the metrics.
     """
     from pipelines.report import write_report
 
-    model = model or load_model(checkpoint, device)
     if not hr_files:
         raise InputError("no high-resolution files given")
+    if model is None:
+        from domains.faces.pipeline import evaluate_faces, is_face_checkpoint
+
+        if is_face_checkpoint(checkpoint):
+            return evaluate_faces(
+                checkpoint, list(hr_files), out_dir, degradation_seed, holdout=holdout, steps=steps, samples=samples,
+                seed=seed, overwrite=overwrite, device=device,
+            )
+    model = model or load_model(checkpoint, device)
+    if model_kind(model) == "satellite" or any(_is_georeferenced(f) for f in hr_files):
+        from domains.satellite.pipeline import evaluate_rasters
+
+        opts = model.options.updated(steps=steps, sampler=sampler, samples=samples)
+        tiles = IMAGE_TILING if tiling == "auto" else (tiling or Tiling(1 << 16, 0, 1))
+        return evaluate_rasters(model, hr_files, out_dir, opts, seed, tiles, _bands(model, bands), progress, precision, overwrite=overwrite)
+    if any(_is_nifti(f) for f in hr_files):
+        from domains.mri.pipeline import evaluate_volumes
+
+        if not all(_is_nifti(f) for f in hr_files):
+            raise InputError("evaluate takes either NIfTI volumes or images, not both")
+        opts = model.options.updated(steps=steps, sampler=sampler, samples=samples)
+        tiles = VOLUME_TILING if tiling == "auto" else tiling
+        return evaluate_volumes(model, hr_files, out_dir, opts, seed, tiles, progress, precision, overwrite)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     options = model.options.updated(steps=steps, sampler=sampler, samples=samples)
@@ -255,7 +381,7 @@ def evaluate(
             raise InputError(f"{f}: image has {info.channels} channel(s) but the checkpoint was trained on {model.channels}")
         hr = torch.from_numpy(_crop_to_multiple(data, model.scale))[None]
         y = model.operator.A(hr)
-        sr, std = upscale_array(model, y, options, seed, progress, Path(f).name, tiling, precision)
+        sr, std = upscale_array(model, y, options, seed, progress, Path(f).name, IMAGE_TILING if tiling == "auto" else tiling, precision)
         sr = sr.clamp(0, 1)
         bic = upsample(y, hr.shape[2:]).clamp(0, 1)
         panels = {"input": y[0].numpy(), "bicubic": bic[0].numpy(), "diffsr": sr[0].numpy(), "truth": hr[0].numpy()}

@@ -30,6 +30,10 @@ class UNetDenoiser(nn.Module):
         num_res_blocks: residual blocks per level.
         num_head_channels: channels per attention head.
         norm_num_groups: GroupNorm groups.
+        mid_attention: keep the self-attention of MONAI's middle block. Without it the network
+            is fully convolutional (each output depends on a bounded neighbourhood), so tiles of
+            a large input see the same context as one pass, and 3D patches skip an attention
+            over every voxel of the bottom level (4096 tokens for a 64^3 patch).
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class UNetDenoiser(nn.Module):
         num_res_blocks: int = 1,
         num_head_channels: int = 32,
         norm_num_groups: int = 32,
+        mid_attention: bool = True,
     ) -> None:
         super().__init__()
         self.spatial_dims = int(spatial_dims)
@@ -59,6 +64,7 @@ class UNetDenoiser(nn.Module):
             "num_res_blocks": int(num_res_blocks),
             "num_head_channels": int(num_head_channels),
             "norm_num_groups": int(norm_num_groups),
+            "mid_attention": bool(mid_attention),
         }
         self.net = DiffusionModelUNet(
             spatial_dims=self.spatial_dims,
@@ -70,6 +76,8 @@ class UNetDenoiser(nn.Module):
             num_head_channels=int(num_head_channels),
             norm_num_groups=int(norm_num_groups),
         )
+        if not mid_attention:
+            self.net.middle_block.attention = nn.Identity()
         self.null_cond = nn.Parameter(torch.zeros(self.cond_channels))
 
     @property

@@ -260,7 +260,7 @@ def stream_upscale(
     progress: bool = False,
     precision: str = "32",
     state: Literal["auto", "memory", "disk"] = "auto",
-    memory_limit_mb: float = 256.0,
+    memory_limit_mb: float = 64.0,
     noise_block: int = 32,
 ) -> None:
     """Super-resolve an input read window by window; the output is written window by window.

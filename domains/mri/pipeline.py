@@ -81,6 +81,9 @@ def upscale_volume_array(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Super-resolve a low-resolution volume ``(X, Y, Z)`` in scanner units.
 
+    ``tiling`` is the 3D patch layout (``None``: one pass), or for a slice-wise model the tiles
+    of each plane (``None``: whole planes); ``plane_batch`` planes go through the network at once.
+
     Returns:
         The volume on the grid ``volume_factors(model)`` times finer and the per-voxel standard
         deviation over the samples (``None`` for one sample), both float32 in scanner units.
@@ -89,9 +92,10 @@ def upscale_volume_array(
     norm = _intensity(model, lr)
     x = norm.normalize(torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))[None, None])[0, 0].numpy()
     if model.spatial_dims == 3:
-        out, std = _stream_3d(model, x, options, seed, tiling or Tiling(64, 16, 2), progress, precision)
+        one_pass = Tiling(max(model.operator.hr_shape(x.shape)) + 64, 0, 1)
+        out, std = _stream_3d(model, x, options, seed, tiling or one_pass, progress, precision)
     else:
-        out, std = _slicewise(model, x, domain["slicewise"], options, seed, progress, precision, plane_batch)
+        out, std = _slicewise(model, x, domain["slicewise"], options, seed, tiling, progress, precision, plane_batch)
     scale = norm.scale[0]
     out = norm.denormalize(torch.from_numpy(out)[None, None])[0, 0].numpy()
     return out, None if std is None else std * scale
@@ -101,7 +105,7 @@ def _stream_3d(
     model: SRModel, x: np.ndarray, options: SamplerOptions, seed: int, tiling: Tiling, progress: bool, precision: str
 ) -> tuple[np.ndarray, np.ndarray | None]:
     hr_shape = model.operator.hr_shape(x.shape)
-    out = np.empty(hr_shape, dtype=np.float32)
+    out = np.empty(hr_shape, dtype=np.float32)  # the only array of the output's size (64 MB at 256^3)
     std = np.empty(hr_shape, dtype=np.float32) if options.samples > 1 else None
 
     def write_to(target: np.ndarray):  # type: ignore[no-untyped-def]
@@ -119,7 +123,7 @@ def _stream_3d(
 
 def _slicewise(
     model: SRModel, x: np.ndarray, slicewise: dict[str, Any], options: SamplerOptions, seed: int,
-    progress: bool, precision: str, plane_batch: int,
+    tiling: Tiling | None, progress: bool, precision: str, plane_batch: int,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     from pipelines.api import upscale_array
 
@@ -134,7 +138,7 @@ def _slicewise(
             stacks = torch.from_numpy(np.ascontiguousarray(v[idx[start : start + plane_batch]]))  # (B, 2n+1, *plane)
             sr, sd = upscale_array(
                 model, stacks, options, seed=seed * 1_000_003 + o * 10_007 + start, progress=progress,
-                desc=f"planes {start}/{count}", tiling=None, precision=precision,
+                desc=f"planes {start}/{count}", tiling=tiling, precision=precision,
             )
             out_planes.append(sr[:, n].numpy())
             if sd is not None:

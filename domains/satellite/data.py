@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -287,6 +288,11 @@ class RasterDataModule(pl.LightningDataModule):
         return paths
 
     # --- Lightning ----------------------------------------------------------------------------------
+    @property
+    def domain_spec(self) -> dict[str, Any]:
+        """Stored in the checkpoint by ``DiffusionSR``: inference selects the same bands."""
+        return {"kind": "satellite", "bands": self.bands}
+
     def setup(self, stage: str) -> None:
         scenes = self.prepare_scenes()
         if self.normalization is None:

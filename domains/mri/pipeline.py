@@ -251,19 +251,21 @@ def evaluate_volumes(
 
 
 def _volume_operator(model: SRModel, factors: Sequence[int]):  # type: ignore[no-untyped-def]
-    """The 3D operator a slice-wise checkpoint's 2D operator stands for (same spec, one more axis)."""
+    """The 3D operator a slice-wise checkpoint's 2D operator stands for: identity across the planes."""
     from toolkit.operators import operator_from_spec
 
+    across = model.spec["domain"]["slicewise"]["plane_axes"][1]
     spec = dict(model.operator.spec())
     if spec["type"] == "slice_average":
-        thick = [a for a, f in enumerate(factors) if f > 1][0]
-        spec.update(axis=thick, spatial_dims=3)
-    elif "factors" in spec:
+        spec.update(axis=[a for a in range(3) if a != across][spec["axis"]], spatial_dims=3)
+    else:
         spec["factors"] = list(factors)
         if "spatial_dims" in spec:
             spec["spatial_dims"] = 3
         if "sigma" in spec:
-            spec["sigma"] = [max(s, 0.0) for s in spec["sigma"]][:1] * 3
+            sigma = list(spec["sigma"])
+            sigma.insert(across, 0.0)  # no blur across the planes
+            spec["sigma"] = sigma
     return operator_from_spec(spec)
 
 

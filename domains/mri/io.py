@@ -114,11 +114,16 @@ def write_volume(
         raise MRIFileError(f"{path}: output must end in .nii or .nii.gz")
     aff = meta.affine if affine is None else np.asarray(affine, dtype=np.float64)
     dtype = np.dtype(meta.dtype)
-    arr = np.asarray(data, dtype=np.float64)
+    arr = np.asarray(data)
     if np.issubdtype(dtype, np.integer):
+        # round and clip in the data's own float precision (one temporary the size of the volume)
         info = np.iinfo(dtype)
-        arr = np.clip(np.round(arr), info.min, info.max)
-    arr = arr.astype(dtype)
+        tmp = np.rint(arr)
+        np.clip(tmp, info.min, info.max, out=tmp)
+        arr = tmp.astype(dtype)
+        del tmp
+    else:
+        arr = arr.astype(dtype, copy=False)
     header = meta.header.copy()  # type: ignore[attr-defined]
     header.set_data_shape(arr.shape)
     header.set_data_dtype(dtype)

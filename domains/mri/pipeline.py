@@ -96,9 +96,12 @@ def upscale_volume_array(
         out, std = _stream_3d(model, x, options, seed, tiling or one_pass, progress, precision)
     else:
         out, std = _slicewise(model, x, domain["slicewise"], options, seed, tiling, progress, precision, plane_batch)
-    scale = norm.scale[0]
-    out = norm.denormalize(torch.from_numpy(out)[None, None])[0, 0].numpy()
-    return out, None if std is None else std * scale
+    scale, offset = norm.scale[0], norm.offset[0]
+    out *= scale  # back to scanner units, in place (the output is the largest array here)
+    out += offset
+    if std is not None:
+        std *= scale
+    return out, std
 
 
 def _stream_3d(

@@ -6,7 +6,7 @@ doubled, 256 x 256 x 128 -> 256 x 256 x 512. A fresh Python process per size ups
 :func:`domains.mri.pipeline.upscale_volume` (the ``diffsr upscale`` path) with a small untrained
 3D model (UNet channels 8, 16, 32, no attention; weights perturbed so its output is not zero),
 2 DDIM steps from pure noise, one sample, 64^3 patches overlapping by 16, state on disk; it reports
-its peak resident memory (``ru_maxrss``), the peak before upscaling (imports, model, input), and
+its peak resident memory (``VmHWM``), the peak before upscaling (imports, model, input), and
 the time per output megavoxel. Each size runs in its own process, so one cannot hide another's peak.
 
     OMP_NUM_THREADS=2 python scripts/bench_mri.py --depths 64 128 --out runs/bench_mri
@@ -71,6 +71,15 @@ def make_checkpoint(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def _hwm_kb() -> int:
+    """Peak resident memory of this process (``VmHWM``, kB). Unlike ``ru_maxrss``, it is not
+    inherited from the parent across fork and exec, so the parent's inputs do not count."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def worker(src: Path, ckpt: Path, dst: Path, steps: int, tile: int, overlap: int) -> dict:
     import nibabel as nib
     import torch
@@ -82,11 +91,11 @@ def worker(src: Path, ckpt: Path, dst: Path, steps: int, tile: int, overlap: int
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     model = load_model(ckpt)
     options = model.options.updated(steps=steps)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = _hwm_kb()
     t0 = time.perf_counter()
     upscale_volume(src, dst, model, options, seed=0, tiling=Tiling(tile, overlap, 2), overwrite=True, progress=False)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _hwm_kb()
     lr_shape, hr_shape = nib.load(str(src)).shape, nib.load(str(dst)).shape
     mvox = float(torch.tensor(hr_shape).prod()) / 1e6
     return {

@@ -2,7 +2,7 @@
 
 For each size N, a 4-band uint16 N x N GeoTIFF is made from the shipped Landsat 8 scene (bands
 B2-B5, mirrored to cover N x N, real texture and value ranges), written block by block; then a
-fresh Python process upscales it x2 with a small untrained model (UNet channels 16, 32, 64, no
+fresh Python process upscales it x2 with a small untrained model (UNet channels 8, 16, 32, no
 attention) and 2 DDIM steps through :func:`domains.satellite.pipeline.upscale_raster`, and
 reports its peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``), the peak
 before upscaling started (imports and model), and the time per megapixel. Each size runs in
@@ -65,7 +65,10 @@ def make_checkpoint(path: Path, seed: int = 0) -> Path:
     from toolkit.lightning import DiffusionSR
     from toolkit.operators import AreaDownsample
 
-    den = UNetDenoiser(2, 4, num_channels=[16, 32, 64], attention_levels=[False, False, False], norm_num_groups=16)
+    den = UNetDenoiser(
+        2, 4, num_channels=[8, 16, 32], attention_levels=[False, False, False], norm_num_groups=8, num_head_channels=8,
+        mid_attention=False,
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in den.parameters():
@@ -74,6 +77,15 @@ def make_checkpoint(path: Path, seed: int = 0) -> Path:
     module.ema.load_state_dict(den.state_dict())
     torch.save({"diffsr": module.inference_spec(), "state_dict": module.state_dict()}, path)
     return path
+
+
+def _hwm_kb() -> int:
+    """Peak resident memory of this process (``VmHWM``, kB); unlike ``ru_maxrss`` it is not
+    inherited from the parent across fork and exec, so the parent's inputs do not count."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def worker(src: Path, ckpt: Path, dst: Path, steps: int, tile: int, overlap: int, state: str, workdir: Path) -> dict:
@@ -87,12 +99,12 @@ def worker(src: Path, ckpt: Path, dst: Path, steps: int, tile: int, overlap: int
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     model = load_model(ckpt)
     options = model.options.updated(steps=steps)  # the checkpoint: DDIM, 1 sample, from pure noise
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = _hwm_kb()
     t0 = time.perf_counter()
     upscale_raster(src, dst, model, options, seed=0, tiling=Tiling(tile, overlap, 4), overwrite=True,
                    progress=False, state=state, workdir=workdir)  # type: ignore[arg-type]
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _hwm_kb()
     import rasterio
 
     with rasterio.open(src) as a:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from domains.faces.data import PORTRAIT_CENTER, PORTRAIT_SIDE, crop_box, crop_square, resize, split_by_person
+from domains.faces.data import PORTRAIT_CENTER, PORTRAIT_SIDE, crop_box, crop_square, load_face, resize, split_by_person
 from domains.faces.degradations import FaceDegradation, Output, evaluation_degradation
 from domains.faces.detect import FACE_MARGIN, FaceBox, detect_faces
 from domains.files import atomic_target, write_atomic
@@ -427,7 +427,8 @@ def _prepare(
     side = crop_side if crop_side is not None else fm.crop_side
     hrs, grids, lrs, ops = [], [], [], []
     for f in files:
-        img, _ = _read_face_input(f, fm, fm.min_face)
+        # references are converted like the training photos (a greyscale portrait becomes grey RGB)
+        img = load_face(f, fm.model.channels)
         hr = crop_square(img, crop_box(img.shape[1:], center, side), fm.size)[None]
         d = degradation.degrade(hr, face_seed(degradation_seed, f.name))
         hrs.append(hr)

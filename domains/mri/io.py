@@ -115,7 +115,9 @@ def write_volume(
     aff = meta.affine if affine is None else np.asarray(affine, dtype=np.float64)
     dtype = np.dtype(meta.dtype)
     arr = np.asarray(data)
-    if np.issubdtype(dtype, np.integer):
+    if arr.dtype == dtype:
+        pass  # already in the file's type (the upscaler writes it so): no copy
+    elif np.issubdtype(dtype, np.integer):
         # round and clip in the data's own float precision (one temporary the size of the volume)
         info = np.iinfo(dtype)
         tmp = np.rint(arr)

@@ -78,48 +78,57 @@ def upscale_volume_array(
     progress: bool = False,
     precision: str = "32",
     plane_batch: int = 16,
+    out_dtype: np.dtype | type = np.float32,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Super-resolve a low-resolution volume ``(X, Y, Z)`` in scanner units.
 
     ``tiling`` is the 3D patch layout (``None``: one pass), or for a slice-wise model the tiles
     of each plane (``None``: whole planes); ``plane_batch`` planes go through the network at once.
+    A 3D model writes each patch region straight into an output of ``out_dtype`` (integers
+    rounded and clipped), so the output volume is the only array of its size.
 
     Returns:
-        The volume on the grid ``volume_factors(model)`` times finer and the per-voxel standard
-        deviation over the samples (``None`` for one sample), both float32 in scanner units.
+        The volume on the grid ``volume_factors(model)`` times finer (``out_dtype``) and the
+        per-voxel standard deviation over the samples (float32, ``None`` for one sample), in
+        scanner units.
     """
     domain = check_volume_model(model, "volume")
     norm = _intensity(model, lr)
-    x = norm.normalize(torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))[None, None])[0, 0].numpy()
+    scale, offset = norm.scale[0], norm.offset[0]
+    x = (np.asarray(lr, dtype=np.float32) - np.float32(offset)) / np.float32(scale)
     if model.spatial_dims == 3:
         one_pass = Tiling(max(model.operator.hr_shape(x.shape)) + 64, 0, 1)
-        out, std = _stream_3d(model, x, options, seed, tiling or one_pass, progress, precision)
-    else:
-        out, std = _slicewise(model, x, domain["slicewise"], options, seed, tiling, progress, precision, plane_batch)
-    scale, offset = norm.scale[0], norm.offset[0]
-    out *= scale  # back to scanner units, in place (the output is the largest array here)
-    out += offset
-    if std is not None:
-        std *= scale
-    return out, std
+        return _stream_3d(model, x, options, seed, tiling or one_pass, progress, precision, scale, offset, np.dtype(out_dtype))
+    out, std = _slicewise(model, x, domain["slicewise"], options, seed, tiling, progress, precision, plane_batch)
+    out = _to_dtype(out * np.float32(scale) + np.float32(offset), np.dtype(out_dtype))
+    return out, None if std is None else std * np.float32(scale)
+
+
+def _to_dtype(v: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(v), info.min, info.max).astype(dtype)
+    return v.astype(dtype, copy=False)
 
 
 def _stream_3d(
-    model: SRModel, x: np.ndarray, options: SamplerOptions, seed: int, tiling: Tiling, progress: bool, precision: str
+    model: SRModel, x: np.ndarray, options: SamplerOptions, seed: int, tiling: Tiling, progress: bool, precision: str,
+    scale: float, offset: float, out_dtype: np.dtype,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     hr_shape = model.operator.hr_shape(x.shape)
-    out = np.empty(hr_shape, dtype=np.float32)  # the only array of the output's size (64 MB at 256^3)
+    out = np.empty(hr_shape, dtype=out_dtype)  # the only array of the output's size
     std = np.empty(hr_shape, dtype=np.float32) if options.samples > 1 else None
 
-    def write_to(target: np.ndarray):  # type: ignore[no-untyped-def]
-        def write(region: tuple[slice, ...], value: np.ndarray) -> None:
-            target[region] = value[0]
+    def write(region: tuple[slice, ...], value: np.ndarray) -> None:
+        out[region] = _to_dtype(value[0] * np.float32(scale) + np.float32(offset), out_dtype)
 
-        return write
+    def write_std(region: tuple[slice, ...], value: np.ndarray) -> None:
+        assert std is not None
+        std[region] = value[0] * np.float32(scale)
 
     stream_upscale(
-        model, lambda r: x[r][None], x.shape, write_to(out), options, seed, tiling,
-        write_std=None if std is None else write_to(std), progress=progress, precision=precision,
+        model, lambda r: x[r][None], x.shape, write, options, seed, tiling,
+        write_std=None if std is None else write_std, progress=progress, precision=precision,
     )
     return out, std
 
@@ -175,7 +184,8 @@ def upscale_volume(
     check_volume_model(model, src)
     lr, meta = read_volume(src, volume_index)
     factors = volume_factors(model)
-    out, std = upscale_volume_array(model, lr, options, seed, tiling, progress, precision)
+    out, std = upscale_volume_array(model, lr, options, seed, tiling, progress, precision, out_dtype=meta.dtype)
+    del lr
     affine = scaled_affine(meta.affine, factors)
     write_volume(dst, out, meta, affine, overwrite=overwrite)
     if uncertainty is not None and std is not None:

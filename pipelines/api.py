@@ -289,12 +289,12 @@ def upscale(
         return upscale_raster(
             src, dst, model, options, seed, tiles, overwrite, _bands(model, bands), progress, precision, workdir, uncertainty=uncertainty
         )
-    data, info = read_image(src)
-    if info.channels != model.channels:
-        raise InputError(f"{src}: image has {info.channels} channel(s) but the checkpoint was trained on {model.channels}")
     if model.spatial_dims != 2 or (model.spec.get("domain") or {}).get("slicewise"):
         kind = "slice-wise MRI" if model.spatial_dims == 2 else f"{model.spatial_dims}D"
         raise InputError(f"{src}: a 2D image cannot go through a {kind} checkpoint")
+    data, info = read_image(src)
+    if info.channels != model.channels:
+        raise InputError(f"{src}: image has {info.channels} channel(s) but the checkpoint was trained on {model.channels}")
     tiles = IMAGE_TILING if tiling == "auto" else tiling
     x, std = upscale_array(model, torch.from_numpy(data)[None], options, seed, progress, Path(src).name, tiles, precision)
     write_image(dst, x[0].numpy(), info.bit_depth, overwrite=overwrite)

@@ -86,7 +86,8 @@ def test_degrade_then_upscale_keeps_geometry(name: str, ckpt3d: Path, ckpt2d: Pa
     assert main(["degrade", str(src), str(lr), "--scale", "1,1,4", "--operator", "slice", *index]) == 0
     # one volume through the slice-wise model, the others through the 3D one (fully convolutional, fast)
     ckpt = ckpt2d if "someones" in name else ckpt3d
-    assert main(["upscale", str(lr), str(out), "--checkpoint", str(ckpt), "--steps", "1", "--samples", "1", "--tile", "64", "--scale", "1,1,4"]) == 0
+    tile = "0" if "1mm" in name else "64"  # the large template in one pass: fewer voxels than overlapping patches
+    assert main(["upscale", str(lr), str(out), "--checkpoint", str(ckpt), "--steps", "1", "--samples", "1", "--tile", tile, "--scale", "1,1,4"]) == 0
     hr, meta = read_volume(src, 1 if index else None)
     shape = (hr.shape[0], hr.shape[1], hr.shape[2] // 4 * 4)
     img, src_img = nib.load(str(out)), nib.load(str(src))
@@ -108,7 +109,8 @@ def test_degrade_then_upscale_keeps_geometry(name: str, ckpt3d: Path, ckpt2d: Pa
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         clipped = op.A(torch.from_numpy(((sr <= info.min) | (sr >= info.max)).astype(np.float64))[None, None])[0, 0].numpy() > 0
-        assert (~clipped).mean() > 0.3
+        head = y > 0.2 * y.max()  # clipping at the dtype's range happens in the air around the head
+        assert (~clipped[head]).mean() > 0.9
         assert np.abs(ay - y)[~clipped].max() <= 0.5 + 1e-6
     else:
         assert np.abs(ay - y).max() <= 1e-4 * float(np.abs(y).max())

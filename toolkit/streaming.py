@@ -25,7 +25,7 @@ import itertools
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
@@ -488,9 +488,3 @@ def stream_upscale(
                 write_hr(region, mean.read(region))
                 if write_std is not None:
                     write_std(region, np.sqrt(m2.read(region) / (k_samples - 1)))
-
-
-def iter_cells(shape: Sequence[int], block: int) -> Iterator[Region]:
-    """Non-overlapping regions of side ``block`` covering ``shape`` (for callers that copy arrays in pieces)."""
-    for box in itertools.product(*(range(0, n, block) for n in shape)):
-        yield _region(box, [min(b + block, n) for b, n in zip(box, shape)])

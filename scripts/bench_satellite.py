@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             src.unlink(missing_ok=True)
     peaks = [r["peak_rss_mb"] for r in results]
     summary = {
-        "model": "UNet (16, 32, 64), no attention, untrained; x2 area operator; DDIM, 2 steps, 1 sample",
+        "model": "UNet (8, 16, 32), no attention, untrained; x2 area operator; DDIM, 2 steps, 1 sample",
         "tiling": {"size": args.tile, "overlap": args.overlap},
         "state": args.state,
         "results": results,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +10,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from domains.images.io import ImageFileError, read_image, write_atomic, write_image
-from toolkit.checkpoint import SRModel, load_model
+from toolkit.checkpoint import SRModel, load_model, upscale_any_size
 from toolkit.engine import SamplerOptions
 from toolkit.metrics import consistency_psnr, psnr, ssim
 from toolkit.operators import AreaDownsample, FourierCrop, GaussianDownsample, Operator, SliceAverage
@@ -192,24 +190,14 @@ def upscale_array(
         The output in data units, and the per-pixel standard deviation over the samples
         (``None`` when ``options.samples`` is 1).
     """
-    multiple = model.denoiser.multiple
-    lr_shape = y.shape[2:]
-    pads: list[int] = []
-    for n, f in reversed(list(zip(lr_shape, model.scale))):
-        step = multiple // math.gcd(multiple, f)
-        pads += [0, (-n) % step]
-    yp = F.pad(y, pads, mode="replicate") if any(pads) else y
     device = next(model.denoiser.parameters()).device
-    g = make_generator(seed, device)
     bar = _progress(options.steps, desc, progress)
-    dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     try:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            x, std = model.upscale_with_uncertainty(yp, g, options, callback=lambda i, z, x0: bar.update(1), tiling=tiling)
+        return upscale_any_size(
+            model, y, options, make_generator(seed, device), lambda i, z, x0: bar.update(1), tiling, precision
+        )
     finally:
         bar.close()
-    crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in model.operator.hr_shape(lr_shape))
-    return x[crop].float().cpu(), None if std is None else std[crop].float().cpu()
 
 
 def _check_scale(model: SRModel, scale: int | Sequence[int] | None, checkpoint: str | Path | None, factors: Sequence[int]) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from toolkit.denoiser import UNetDenoiser, denoiser_from_config
 from toolkit.engine import SamplerOptions, sample_sr_with_uncertainty
@@ -48,8 +50,15 @@ class SRModel:
     def scale(self) -> tuple[int, ...]:
         return self.operator.factors
 
+    @property
+    def multiple(self) -> int:
+        """Output sizes must be multiples of this: the network's downsampling times the space's stride."""
+        return self.denoiser.multiple * self.space.stride
+
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SRModel:
         self.denoiser.to(device=device, dtype=dtype)
+        if isinstance(self.space, torch.nn.Module):
+            self.space.to(device=device, dtype=dtype)
         return self
 
     @torch.no_grad()
@@ -86,6 +95,36 @@ class SRModel:
         )
         scale = torch.tensor(self.normalization.scale, dtype=x.dtype, device=x.device).reshape(1, -1, *([1] * self.spatial_dims))
         return self.normalization.denormalize(x), None if std is None else std * scale
+
+
+def upscale_any_size(
+    model: SRModel,
+    y: torch.Tensor,
+    options: SamplerOptions,
+    generator: torch.Generator,
+    callback: Callback | None = None,
+    tiling: Tiling | None = None,
+    precision: str = "32",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Super-resolve ``y`` ``(B, C, *spatial)`` (data units) of any size: mean and std, float32 on the CPU.
+
+    The input is padded (edge replication) so the output is a multiple of :attr:`SRModel.multiple`,
+    sampled, and the padding cropped off again. ``precision`` ``bf16`` or ``fp16`` runs the
+    network under autocast (the sampler's arithmetic stays float32).
+    """
+    multiple = model.multiple
+    lr_shape = y.shape[2:]
+    pads: list[int] = []
+    for n, f in reversed(list(zip(lr_shape, model.scale))):
+        step = multiple // math.gcd(multiple, f)
+        pads += [0, (-n) % step]
+    yp = F.pad(y, pads, mode="replicate") if any(pads) else y
+    device = next(model.denoiser.parameters()).device
+    dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        x, std = model.upscale_with_uncertainty(yp, generator, options, callback=callback, tiling=tiling)
+    crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in model.operator.hr_shape(lr_shape))
+    return x[crop].float().cpu(), None if std is None else std[crop].float().cpu()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -127,4 +166,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> SRModel:
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the model description ({str(exc).splitlines()[0]})") from None
     denoiser.eval().requires_grad_(False)
+    if isinstance(space, torch.nn.Module):  # a space with weights of its own (a latent space's autoencoder)
+        sstate = {k[len("space."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("space.")}
+        try:
+            space.load_state_dict(sstate, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: state-space weights do not match its description ({str(exc).splitlines()[0]})") from None
+        space.eval().requires_grad_(False)
     return SRModel(denoiser, operator, space, process, normalization, options, spec).to(device)

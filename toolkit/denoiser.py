@@ -104,3 +104,18 @@ class UNetDenoiser(nn.Module):
 def denoiser_from_config(config: dict[str, Any]) -> UNetDenoiser:
     """Rebuild a :class:`UNetDenoiser` from its ``config`` (stored in checkpoints)."""
     return UNetDenoiser(**config)
+
+
+def fit_denoiser_to_space(denoiser: UNetDenoiser, space: Any) -> UNetDenoiser:
+    """The denoiser with the state and condition channels that ``space`` needs.
+
+    A wavelet space of ``levels`` levels holds ``C * 2**(d * levels)`` channels, a latent space
+    its autoencoder's latent channels; the config then names only the image's channels and the
+    space, and a (still untrained) network of the same width is rebuilt with the right inputs
+    and outputs. A denoiser that already fits is returned as is.
+    """
+    want_state = int(space.state_channels(denoiser.channels, denoiser.spatial_dims))
+    want_cond = int(space.cond_channels(denoiser.channels, denoiser.spatial_dims))
+    if (denoiser.state_channels, denoiser.cond_channels) == (want_state, want_cond):
+        return denoiser
+    return UNetDenoiser(**{**denoiser.config, "state_channels": want_state, "cond_channels": want_cond})

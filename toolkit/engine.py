@@ -63,7 +63,10 @@ class SamplerOptions:
 
 
 def condition(y: torch.Tensor, hr_shape: tuple[int, ...]) -> torch.Tensor:
-    """SR3 condition: the low-resolution input interpolated onto the high-resolution grid."""
+    """SR3 condition: the low-resolution input interpolated onto the high-resolution grid.
+
+    (The pixel-grid default of :meth:`toolkit.spaces.StateSpace.condition`.)
+    """
     return upsample(y, hr_shape)
 
 
@@ -122,12 +125,12 @@ def sample_sr(
         ``(B, C, *spatial_hr)`` normalised high-resolution sample.
     """
     hr_shape = operator.hr_shape(y.shape[2:])
-    cond = condition(y, hr_shape)
+    cond = space.condition(y, hr_shape)
     net = tiling.wrap(denoiser) if tiling is not None else denoiser
     model_fn = classifier_free(net, process, cond, options.guidance_scale)
     if options.consistency == "every_step":
-        model_fn = range_null_space(model_fn, process, space, operator, y)
-    shape = (y.shape[0], denoiser.state_channels, *hr_shape)
+        model_fn = range_null_space(model_fn, process, space, operator, y, hr_shape)
+    shape = (y.shape[0], *space.state_shape(y.shape[1], hr_shape))
     z = process.prior(shape, generator, y.device, y.dtype)
     steps = options.steps
     if options.t_start is not None:
@@ -139,7 +142,7 @@ def sample_sr(
             if callback is not None:
                 callback(-1, z, estimate)
         else:
-            estimate = space.encode(cond, y)
+            estimate = space.encode(upsample(y, hr_shape), y)
         timesteps, alpha_bars = process.sampling_schedule(steps, options.t_start)
         a, s = process.coefficients(timesteps[:1].expand(y.shape[0]), z)
         noise = process.prior(shape, generator, y.device, y.dtype)
@@ -147,7 +150,7 @@ def sample_sr(
     else:
         timesteps, alpha_bars = process.sampling_schedule(steps)
     z = run_sampler(options.sampler, model_fn, z, timesteps, alpha_bars, options.eta, generator, callback)
-    x = space.decode(z, y)
+    x = space.decode(z, y, hr_shape)
     if options.consistency != "none":
         x = operator.project(x, y)
     return x

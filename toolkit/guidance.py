@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -49,7 +51,12 @@ def classifier_free(
 
 
 def range_null_space(
-    model_fn: ModelFn, process: GaussianProcess, space: StateSpace, operator: Operator, y: torch.Tensor
+    model_fn: ModelFn,
+    process: GaussianProcess,
+    space: StateSpace,
+    operator: Operator,
+    y: torch.Tensor,
+    hr_shape: Sequence[int] | None = None,
 ) -> ModelFn:
     """DDNM data consistency: ``x0 <- x0 + A^+(y - A x0)`` in image space, then back to the state space.
 
@@ -59,7 +66,7 @@ def range_null_space(
 
     def guided(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x0, eps = model_fn(z, t)
-        x = space.decode(x0, y)
+        x = space.decode(x0, y, hr_shape)
         x0_new = space.encode(operator.project(x, y), y)
         # z = a x0 + s eps  =>  eps' = eps + a / s (x0 - x0')
         ab = process.alpha_bar.to(t.device)[t.long()]

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.checkpoint import CHECKPOINT_FORMAT
-from toolkit.denoiser import UNetDenoiser
-from toolkit.engine import Consistency, SamplerOptions, Start, condition, sample_sr_with_uncertainty
+from toolkit.denoiser import UNetDenoiser, fit_denoiser_to_space
+from toolkit.engine import Consistency, SamplerOptions, Start, sample_sr_with_uncertainty
 from toolkit.metrics import consistency_psnr, psnr, ssim
 from toolkit.normalization import Normalization
 from toolkit.operators import AreaDownsample, Operator
@@ -75,12 +75,13 @@ class DiffusionSR(pl.LightningModule):
         val_seed: int = 0,
     ) -> None:
         super().__init__()
+        self.space = space or ResidualSpace()
+        denoiser = fit_denoiser_to_space(denoiser, self.space)
         self.denoiser = denoiser
         self.ema = copy.deepcopy(denoiser).requires_grad_(False)
         self.operator = operator or AreaDownsample(2, spatial_dims=denoiser.spatial_dims)
         if self.operator.spatial_dims != denoiser.spatial_dims:
             raise ValueError(f"operator has {self.operator.spatial_dims} spatial dims, denoiser {denoiser.spatial_dims}")
-        self.space = space or ResidualSpace()
         self.process = process or GaussianProcess()
         self.normalization = normalization or Normalization()
         self.options = SamplerOptions(
@@ -120,7 +121,7 @@ class DiffusionSR(pl.LightningModule):
         noise = torch.randn_like(z0)
         z_t = self.process.q_sample(z0, t, noise)
         drop = torch.rand(b, device=z0.device) < self.cond_drop_prob
-        out = self.denoiser(z_t, t.float(), condition(y, x.shape[2:]), drop)
+        out = self.denoiser(z_t, t.float(), self.space.condition(y, x.shape[2:]), drop)
         per_sample = F.mse_loss(out, self.process.target(z0, noise, t), reduction="none").flatten(1).mean(1)
         loss = (per_sample * self.process.loss_weights(t)).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=False)

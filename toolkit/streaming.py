@@ -33,12 +33,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from toolkit.checkpoint import SRModel
+from toolkit.checkpoint import SRModel, upscale_any_size
 from toolkit.engine import SamplerOptions, _flip_dims
 from toolkit.guidance import classifier_free
 from toolkit.samplers import ddim_coefficients, dpmpp_2m_update
 from toolkit.tiling import Tiling, gaussian_weight, tile_starts
-from toolkit.utils import upsample
+from toolkit.utils import make_generator, upsample
 
 Region = tuple[slice, ...]
 ReadLR = Callable[[Region], np.ndarray]
@@ -282,9 +282,16 @@ def stream_upscale(
         state: keep the state in ``memory``, on ``disk``, or ``auto`` (disk above ``memory_limit_mb``).
         noise_block: side of the noise field's blocks.
 
+    A state space on a coarser grid than the output (wavelet, latent: ``space.stride > 1``) is not
+    streamed: the input is read whole and sampled in memory, the network still running tile by
+    tile (:func:`toolkit.checkpoint.upscale_any_size`), and the output written once.
+
     Raises:
         ValueError: DDNM consistency at every step with an operator that is not block-local.
     """
+    if model.space.stride != 1:
+        _upscale_whole(model, read_lr, lr_shape, write_hr, options, seed, tiling, write_std, progress, precision)
+        return
     op, space, process, norm = model.operator, model.space, model.process, model.normalization
     denoiser = model.denoiser
     device = next(denoiser.parameters()).device
@@ -355,7 +362,7 @@ def stream_upscale(
                 """Interpolated condition over ``[lo, hi)`` ``(1, C, *)``."""
                 y = lr_window(lo, hi)
                 wlo, whi, inner = widened(lo, hi)
-                return upsample(y, [h - a0_ for a0_, h in zip(wlo, whi)])[inner]
+                return space.condition(y, [h - a0_ for a0_, h in zip(wlo, whi)])[inner]
 
             def decode_window(
                 z: np.ndarray, lo: Sequence[int], hi: Sequence[int]
@@ -488,3 +495,30 @@ def stream_upscale(
                 write_hr(region, mean.read(region))
                 if write_std is not None:
                     write_std(region, np.sqrt(m2.read(region) / (k_samples - 1)))
+
+
+def _upscale_whole(
+    model: SRModel,
+    read_lr: ReadLR,
+    lr_shape: Sequence[int],
+    write_hr: WriteHR,
+    options: SamplerOptions,
+    seed: int,
+    tiling: Tiling,
+    write_std: WriteHR | None,
+    progress: bool,
+    precision: str,
+) -> None:
+    """The in-memory path of :func:`stream_upscale` (spaces whose state is on a coarser grid)."""
+    from tqdm.auto import tqdm
+
+    device = next(model.denoiser.parameters()).device
+    y = torch.from_numpy(np.ascontiguousarray(read_lr(tuple(slice(0, int(n)) for n in lr_shape)), dtype=np.float32))
+    with tqdm(total=options.steps * max(1, options.samples), desc="sampling", unit="step", disable=not progress, leave=False) as bar:
+        x, std = upscale_any_size(
+            model, y[None], options, make_generator(seed, device), lambda i, z, x0: bar.update(1), tiling, precision
+        )
+    region = tuple(slice(0, n) for n in x.shape[2:])
+    write_hr(region, np.ascontiguousarray(x[0].numpy()))
+    if write_std is not None and std is not None:
+        write_std(region, np.ascontiguousarray(std[0].numpy()))

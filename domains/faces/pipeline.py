@@ -206,7 +206,7 @@ def restore_faces(
     if not src.is_dir():
         atomic_target(dst, overwrite)
     inputs = [_read_face_input(f, fm, fm.min_face) for f in files]  # every input is checked before anything is written
-    multiple = fm.model.denoiser.multiple
+    multiple = fm.model.multiple
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (x, _) in enumerate(inputs):
         groups.setdefault(_grid_shape(x.shape[1], x.shape[2], fm.size, multiple), []).append(i)
@@ -267,7 +267,7 @@ def _background_upscaler(background: str | Path | SRModel | None, scale: int, de
     if bg.spatial_dims != 2 or len(set(bg.scale)) != 1 or bg.scale[0] < 2:
         raise CheckpointError(f"{background}: the background model must be a 2D super-resolution model with one factor >= 2")
     s = bg.scale[0]
-    multiple = bg.denoiser.multiple // math.gcd(bg.denoiser.multiple, s)
+    multiple = bg.multiple // math.gcd(bg.multiple, s)
 
     def run(y: torch.Tensor) -> torch.Tensor:
         h, w = y.shape[2:]

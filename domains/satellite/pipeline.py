@@ -372,7 +372,7 @@ def evaluate_rasters(
                 _check_model(model, meta)
                 reader.check_has_data()
                 h, w = meta.height // fr * fr, meta.width // fc * fc
-                if h < fr * model.denoiser.multiple or w < fc * model.denoiser.multiple:
+                if h < fr * model.multiple or w < fc * model.multiple:
                     raise RasterFileError(f"{f}: raster {meta.height}x{meta.width} is too small for the model")
                 data, valid = reader.read((slice(0, h), slice(0, w)))
             hr = torch.from_numpy(_fill(data, valid, fill))[None].double()

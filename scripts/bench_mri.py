@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -25,6 +24,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from _bench_common import hwm_kb, save_untrained_checkpoint  # noqa: E402
+
 TEMPLATE = ROOT / "data" / "mri" / "mni152_09a_t1_1mm.nii.gz"
 
 
@@ -51,33 +54,12 @@ def make_input(path: Path, depth: int) -> Path:
 
 
 def make_checkpoint(path: Path, seed: int = 0) -> Path:
-    import torch
-
     from domains.mri.data import intensity_spec
-    from toolkit.denoiser import UNetDenoiser
-    from toolkit.lightning import DiffusionSR
     from toolkit.normalization import Normalization
     from toolkit.operators import SliceAverage
 
-    den = UNetDenoiser(3, 1, num_channels=[8, 16, 32], attention_levels=[False] * 3, norm_num_groups=8, num_head_channels=8, mid_attention=False)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in den.parameters():
-            p.add_(0.01 * torch.randn(p.shape, generator=g))
-    module = DiffusionSR(den, SliceAverage(4), normalization=Normalization([0.0], [1.0]), sampling_steps=2)
-    module.domain = {"kind": "mri", "intensity": intensity_spec(0.5, 99.5, 0.5), "slicewise": None}
-    module.ema.load_state_dict(den.state_dict())
-    torch.save({"diffsr": module.inference_spec(), "state_dict": module.state_dict()}, path)
-    return path
-
-
-def _hwm_kb() -> int:
-    """Peak resident memory of this process (``VmHWM``, kB). Unlike ``ru_maxrss``, it is not
-    inherited from the parent across fork and exec, so the parent's inputs do not count."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    domain = {"kind": "mri", "intensity": intensity_spec(0.5, 99.5, 0.5), "slicewise": None}
+    return save_untrained_checkpoint(path, 3, 1, SliceAverage(4), Normalization([0.0], [1.0]), domain, seed)
 
 
 def worker(src: Path, ckpt: Path, dst: Path, steps: int, tile: int, overlap: int) -> dict:
@@ -91,11 +73,11 @@ def worker(src: Path, ckpt: Path, dst: Path, steps: int, tile: int, overlap: int
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     model = load_model(ckpt)
     options = model.options.updated(steps=steps)
-    rss_before = _hwm_kb()
+    rss_before = hwm_kb()
     t0 = time.perf_counter()
     upscale_volume(src, dst, model, options, seed=0, tiling=Tiling(tile, overlap, 2), overwrite=True, progress=False)
     seconds = time.perf_counter() - t0
-    peak = _hwm_kb()
+    peak = hwm_kb()
     lr_shape, hr_shape = nib.load(str(src)).shape, nib.load(str(dst)).shape
     mvox = float(torch.tensor(hr_shape).prod()) / 1e6
     return {

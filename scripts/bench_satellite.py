@@ -4,7 +4,7 @@ For each size N, a 4-band uint16 N x N GeoTIFF is made from the shipped Landsat 
 B2-B5, mirrored to cover N x N, real texture and value ranges), written block by block; then a
 fresh Python process upscales it x2 with a small untrained model (UNet channels 8, 16, 32, no
 attention) and 2 DDIM steps through :func:`domains.satellite.pipeline.upscale_raster`, and
-reports its peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``), the peak
+reports its peak resident memory (``VmHWM``: not inherited across fork and exec), the peak
 before upscaling started (imports and model), and the time per megapixel. Each size runs in
 its own process so one size's peak cannot hide another's.
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -26,6 +25,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from _bench_common import hwm_kb, save_untrained_checkpoint  # noqa: E402
+
 SCENE = ROOT / "data" / "satellite" / "landsat8_ms_30m_7band_scene.tif"
 BANDS = [2, 3, 4, 5]
 
@@ -57,35 +60,12 @@ def make_input(path: Path, size: int) -> Path:
 
 
 def make_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A small untrained 4-band x2 model (weights perturbed so the network's output is not zero)."""
-    import torch
-
+    """A small untrained 4-band x2 model."""
     from domains.satellite.normalize import raster_normalization
-    from toolkit.denoiser import UNetDenoiser
-    from toolkit.lightning import DiffusionSR
     from toolkit.operators import AreaDownsample
 
-    den = UNetDenoiser(
-        2, 4, num_channels=[8, 16, 32], attention_levels=[False, False, False], norm_num_groups=8, num_head_channels=8,
-        mid_attention=False,
-    )
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in den.parameters():
-            p.add_(0.01 * torch.randn(p.shape, generator=g))
-    module = DiffusionSR(den, AreaDownsample(2), normalization=raster_normalization(SCENE, bands=BANDS), sampling_steps=2)
-    module.ema.load_state_dict(den.state_dict())
-    torch.save({"diffsr": module.inference_spec(), "state_dict": module.state_dict()}, path)
-    return path
-
-
-def _hwm_kb() -> int:
-    """Peak resident memory of this process (``VmHWM``, kB); unlike ``ru_maxrss`` it is not
-    inherited from the parent across fork and exec, so the parent's inputs do not count."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    norm = raster_normalization(SCENE, bands=BANDS)
+    return save_untrained_checkpoint(path, 2, 4, AreaDownsample(2), norm, None, seed)
 
 
 def worker(src: Path, ckpt: Path, dst: Path, steps: int, tile: int, overlap: int, state: str, workdir: Path) -> dict:
@@ -99,12 +79,12 @@ def worker(src: Path, ckpt: Path, dst: Path, steps: int, tile: int, overlap: int
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     model = load_model(ckpt)
     options = model.options.updated(steps=steps)  # the checkpoint: DDIM, 1 sample, from pure noise
-    rss_before = _hwm_kb()
+    rss_before = hwm_kb()
     t0 = time.perf_counter()
     upscale_raster(src, dst, model, options, seed=0, tiling=Tiling(tile, overlap, 4), overwrite=True,
                    progress=False, state=state, workdir=workdir)  # type: ignore[arg-type]
     seconds = time.perf_counter() - t0
-    peak = _hwm_kb()
+    peak = hwm_kb()
     import rasterio
 
     with rasterio.open(src) as a:

@@ -17,14 +17,19 @@ EXIT_INPUT = 2
 
 
 def lightning_main(args: Sequence[str], run: bool = True):  # type: ignore[no-untyped-def]
-    """Run LightningCLI on ``args`` (``fit --config ...``); with ``run=False`` only build it."""
+    """Run LightningCLI on ``args`` (``fit --config ...``); with ``run=False`` only build it.
+
+    The model is any LightningModule named by the config's ``class_path``: ``DiffusionSR``, or
+    ``toolkit.autoencoder.AutoencoderModule`` (stage 1 of latent diffusion).
+    """
     import lightning.pytorch as pl
     from lightning.pytorch.cli import LightningCLI
 
-    from toolkit.lightning import DiffusionSR
+    import toolkit.autoencoder  # noqa: F401 - the model classes configs name
+    import toolkit.lightning  # noqa: F401
 
     return LightningCLI(
-        DiffusionSR,
+        pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import toolkit.latent  # noqa: F401 - registers the latent state space for space_from_spec
 from toolkit.denoiser import UNetDenoiser, denoiser_from_config
 from toolkit.engine import SamplerOptions, sample_sr_with_uncertainty
 from toolkit.normalization import Normalization

@@ -88,6 +88,24 @@ def test_stage1_checkpoint_description(stage1: Path, photos: torch.Tensor) -> No
     assert reconstruction_psnr(ae, _batches(photos[6:8].split(1)), Normalization()) == pytest.approx(measured, abs=1e-3)
 
 
+def test_vq_stage1_in_3d(tmp_path: Path) -> None:
+    """A VQ autoencoder on 2-channel volumes trains, saves, and serves as a latent space."""
+    g = make_generator(2)
+    volumes = torch.rand(4, 2, 8, 12, 10, generator=g)
+    module = AutoencoderModule("vq", spatial_dims=3, channels=2, num_embeddings=16, **TINY_AE)  # type: ignore[arg-type]
+    trainer = _trainer(2, limit_val_batches=0)
+    trainer.fit(module, DataLoader(_batches(volumes), batch_size=2))
+    trainer.save_checkpoint(tmp_path / "vq.ckpt")
+    _, info = load_autoencoder(tmp_path / "vq.ckpt")
+    assert info["kind"] == "vq" and info["config"]["embedding_dim"] == 4 and info["scale_factor"] > 0
+    space = LatentSpace(str(tmp_path / "vq.ckpt"))
+    with torch.no_grad():
+        z = space.encode(volumes[:1, :, :7])
+        assert z.shape == (1, 4, 4, 6, 5) and space.decode(z, None, (7, 12, 10)).shape == (1, 2, 7, 12, 10)
+    with pytest.raises(ValueError, match="vq.ckpt was trained on 2-channel 3D"):
+        space.state_channels(3, 3)
+
+
 def test_scale_factor_is_inverse_std_of_latents() -> None:
     g = make_generator(0)
     latents = [3.0 * torch.randn(2, 4, 5, 6, generator=g) + 0.5 for _ in range(7)]

@@ -232,12 +232,14 @@ class LatentSpace(nn.Module, StateSpace):
                 )
             self.kind, self.config = str(info["kind"]), dict(info["config"])
             scale_factor = info["scale_factor"] if scale_factor is None else scale_factor
+            self._source = f"the autoencoder of {autoencoder_checkpoint}"
         else:
             assert autoencoder is not None
             if scale_factor is None:
                 raise ValueError("scale_factor is needed when the autoencoder is given by kind and config")
             self.kind, self.config = str(autoencoder["kind"]), dict(autoencoder["config"])
             ae = build_autoencoder(self.kind, self.config)
+            self._source = "the autoencoder"
         self.autoencoder = ae.eval().requires_grad_(False)
         self.scale_factor = float(scale_factor)  # type: ignore[arg-type]
         if not self.scale_factor > 0:
@@ -260,7 +262,7 @@ class LatentSpace(nn.Module, StateSpace):
         want = (int(self.config["in_channels"]), int(self.config["spatial_dims"]))
         if (channels, spatial_dims) != want:
             raise ValueError(
-                f"the autoencoder was trained on {want[0]}-channel {want[1]}D images, not {channels}-channel {spatial_dims}D"
+                f"{self._source} was trained on {want[0]}-channel {want[1]}D images, not {channels}-channel {spatial_dims}D"
             )
 
     def state_channels(self, channels: int, spatial_dims: int) -> int:

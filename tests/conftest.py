@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +48,23 @@ def x3d(gray_photo: np.ndarray) -> torch.Tensor:
     """A non-cubic 3D block (2, 1, 12, 16, 20) built from stacked rows of a real photo, float64."""
     block = np.stack([gray_photo[0, 200 + k : 216 + k, 100:120] for k in range(0, 24, 2)])
     return torch.from_numpy(np.stack([block, block[::-1].copy()]))[:, None].double()
+
+
+CliFails = Callable[..., None]
+
+
+@pytest.fixture
+def cli_fails(capsys: pytest.CaptureFixture[str]) -> CliFails:
+    """``cli_fails(args, *needles)``: the CLI exits non-zero with one stderr line containing every needle."""
+    from pipelines.cli import main
+
+    def check(args: list[str], *needles: str) -> None:
+        capsys.readouterr()  # drop what earlier commands printed
+        code = main(args)
+        err = capsys.readouterr().err.strip()
+        assert code != 0
+        assert len(err.splitlines()) == 1, err
+        for n in needles:
+            assert n in err, err
+
+    return check

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conftest import CliFails
+
 import json
 import os
 import subprocess
@@ -170,37 +175,28 @@ def test_upscale_odd_size_is_padded_and_cropped(images: dict[str, Path], checkpo
     assert read_image(out)[0].shape == (3, 74, 82)
 
 
-def _fails(args: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> None:
-    code = main(args)
-    err = capsys.readouterr().err.strip()
-    assert code != 0
-    assert len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, err
-
-
-def test_bad_input_gives_one_line_and_no_output(images: dict[str, Path], checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_gives_one_line_and_no_output(cli_fails: CliFails, images: dict[str, Path], checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out.png"
     ck = ["--checkpoint", str(checkpoint), "--steps", "1"]
-    _fails(["upscale", str(tmp_path / "missing.png"), str(out), *ck], capsys, "missing.png", "not found")
+    cli_fails(["upscale", str(tmp_path / "missing.png"), str(out), *ck], "missing.png", "not found")
     text = tmp_path / "notes.png"
     text.write_text("this is not an image")
-    _fails(["upscale", str(text), str(out), *ck], capsys, "notes.png", "cannot read image")
-    _fails(["upscale", str(tmp_path / "x.txt"), str(out), *ck], capsys, "x.txt")
-    _fails(["upscale", str(images["gray8"]), str(out), *ck], capsys, "gray8.png", "1 channel(s)", "3")
-    _fails(["upscale", str(images["rgb8"]), str(out), *ck, "--scale", "4"], capsys, "x2", "4")
-    _fails(["upscale", str(images["rgb8"]), str(out), "--checkpoint", str(text)], capsys, "notes.png", "checkpoint")
-    _fails(["degrade", str(text), str(out)], capsys, "notes.png")
-    _fails(["evaluate", "--checkpoint", str(checkpoint), "--hr", str(images["gray8"]), "--out", str(tmp_path / "ev")], capsys, "gray8.png")
+    cli_fails(["upscale", str(text), str(out), *ck], "notes.png", "cannot read image")
+    cli_fails(["upscale", str(tmp_path / "x.txt"), str(out), *ck], "x.txt")
+    cli_fails(["upscale", str(images["gray8"]), str(out), *ck], "gray8.png", "1 channel(s)", "3")
+    cli_fails(["upscale", str(images["rgb8"]), str(out), *ck, "--scale", "4"], "x2", "4")
+    cli_fails(["upscale", str(images["rgb8"]), str(out), "--checkpoint", str(text)], "notes.png", "checkpoint")
+    cli_fails(["degrade", str(text), str(out)], "notes.png")
+    cli_fails(["evaluate", "--checkpoint", str(checkpoint), "--hr", str(images["gray8"]), "--out", str(tmp_path / "ev")], "gray8.png")
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary leftovers
 
 
-def test_existing_output_is_not_overwritten(images: dict[str, Path], checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_output_is_not_overwritten(cli_fails: CliFails, images: dict[str, Path], checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "exists.png"
     out.write_bytes(b"precious")
-    _fails(["upscale", str(images["rgb8"]), str(out), "--checkpoint", str(checkpoint), "--steps", "1"], capsys, "exists.png", "--overwrite")
-    _fails(["degrade", str(images["rgb8"]), str(out)], capsys, "exists.png", "--overwrite")
+    cli_fails(["upscale", str(images["rgb8"]), str(out), "--checkpoint", str(checkpoint), "--steps", "1"], "exists.png", "--overwrite")
+    cli_fails(["degrade", str(images["rgb8"]), str(out)], "exists.png", "--overwrite")
     assert out.read_bytes() == b"precious"
     assert main(["degrade", str(images["rgb8"]), str(out), "--overwrite"]) == 0
     assert read_image(out)[0].shape == (3, 24, 32)

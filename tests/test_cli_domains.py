@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conftest import CliFails
+
 import json
 import os
 from pathlib import Path
@@ -26,17 +31,7 @@ def sat_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("sat") / "l8.ckpt", 7, SensorMTFDownsample(2), raster_normalization(L8))
 
 
-def _fails(args: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> None:
-    capsys.readouterr()  # drop what earlier commands printed
-    code = main(args)
-    err = capsys.readouterr().err.strip()
-    assert code != 0
-    assert len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, err
-
-
-def test_geotiff_degrade_upscale_evaluate(sat_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_geotiff_degrade_upscale_evaluate(cli_fails: CliFails, sat_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     lr, sr = tmp_path / "lr.tif", tmp_path / "sr.tif"
     assert main(["degrade", str(L8), str(lr), "--scale", "2", "--operator", "mtf"]) == 0
     assert main(["upscale", str(lr), str(sr), "--checkpoint", str(sat_ckpt), "--steps", "2", "--samples", "1", "--tile", "32"]) == 0
@@ -50,11 +45,11 @@ def test_geotiff_degrade_upscale_evaluate(sat_ckpt: Path, tmp_path: Path, capsys
     report = json.loads((out / "metrics.json").read_text())
     assert {"diffsr", "bicubic"} <= set(report["methods"])
     # a 3-band selection against a 7-band checkpoint: one line, no output
-    _fails(["upscale", str(lr), str(tmp_path / "bad.tif"), "--checkpoint", str(sat_ckpt), "--bands", "2,3,4"], capsys, "band")
+    cli_fails(["upscale", str(lr), str(tmp_path / "bad.tif"), "--checkpoint", str(sat_ckpt), "--bands", "2,3,4"], "band")
     assert not (tmp_path / "bad.tif").exists()
 
 
-def test_faces_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_faces_through_the_cli(cli_fails: CliFails, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     os.chdir(tmp_path)
     main([
         "fit", "--config", str(ROOT / "configs" / "faces" / "restore_128.yaml"),
@@ -84,5 +79,5 @@ def test_faces_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert set(json.loads((ev / "metrics.json").read_text())["methods"]) == {"restored", "bicubic"}
     # no face in whole-photo mode: one line, nothing written
     brick = ROOT / "data" / "natural" / "train" / "skimage_brick.png"
-    _fails(["upscale", str(brick), str(tmp_path / "none.png"), "--checkpoint", str(ckpt), "--whole-photo"], capsys, "brick")
+    cli_fails(["upscale", str(brick), str(tmp_path / "none.png"), "--checkpoint", str(ckpt), "--whole-photo"], "brick")
     assert not (tmp_path / "none.png").exists()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conftest import CliFails
+
 import json
 import os
 from pathlib import Path
@@ -139,43 +144,33 @@ def test_evaluate_volumes_reports_masked_metrics(ckpt2d: Path, tmp_path: Path) -
     assert (out / "nibabel_someones_anatomy_diffsr.nii.gz").is_file()
 
 
-def _fails(args: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> None:
-    capsys.readouterr()  # drop what earlier commands printed
-    code = main(args)
-    err = capsys.readouterr().err.strip()
-    assert code != 0
-    assert len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, err
-
-
-def test_bad_volumes_give_one_line_and_no_output(ckpt3d: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_volumes_give_one_line_and_no_output(cli_fails: CliFails, ckpt3d: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out.nii.gz"
     ck = ["--checkpoint", str(ckpt3d), "--steps", "1", "--samples", "1"]
-    _fails(["upscale", str(MRI / "nibabel_example4d.nii.gz"), str(out), *ck], capsys, "example4d", "4D", "volume index")
+    cli_fails(["upscale", str(MRI / "nibabel_example4d.nii.gz"), str(out), *ck], "example4d", "4D", "volume index")
     data, meta = read_volume(MRI / "dipy_aniso_vox.nii.gz")
     data[3, 4, 5] = np.nan
     nan = tmp_path / "nan.nii.gz"
     nib.save(nib.Nifti1Image(data, meta.affine), str(nan))
-    _fails(["upscale", str(nan), str(out), *ck], capsys, "nan.nii.gz", "NaN")
+    cli_fails(["upscale", str(nan), str(out), *ck], "nan.nii.gz", "NaN")
     text = tmp_path / "notes.nii.gz"
     text.write_text("not a volume")
-    _fails(["upscale", str(text), str(out), *ck], capsys, "notes.nii.gz", "cannot read NIfTI")
-    _fails(["upscale", str(MRI / "dipy_aniso_vox.nii.gz"), str(out), *ck, "--scale", "2"], capsys, "x1x1x4", "x2")
-    _fails(["upscale", str(MRI / "dipy_aniso_vox.nii.gz"), str(out), *ck, "--scale", "1,2,4"], capsys, "x1x1x4")
+    cli_fails(["upscale", str(text), str(out), *ck], "notes.nii.gz", "cannot read NIfTI")
+    cli_fails(["upscale", str(MRI / "dipy_aniso_vox.nii.gz"), str(out), *ck, "--scale", "2"], "x1x1x4", "x2")
+    cli_fails(["upscale", str(MRI / "dipy_aniso_vox.nii.gz"), str(out), *ck, "--scale", "1,2,4"], "x1x1x4")
     photo = ROOT / "data" / "natural" / "holdout" / "skimage_chelsea.png"
-    _fails(["upscale", str(photo), str(tmp_path / "out.png"), *ck], capsys, "chelsea", "3D")
+    cli_fails(["upscale", str(photo), str(tmp_path / "out.png"), *ck], "chelsea", "3D")
     assert not out.exists() and not (tmp_path / "out.png").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
-def test_image_checkpoint_refuses_a_volume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_image_checkpoint_refuses_a_volume(cli_fails: CliFails, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tests.test_cli import _tiny_fit
 
     os.chdir(tmp_path)
     main(_tiny_fit(tmp_path))
     out = tmp_path / "out.nii.gz"
-    _fails(["upscale", str(MRI / "dipy_aniso_vox.nii.gz"), str(out), "--checkpoint", str(tmp_path / "last.ckpt")], capsys, "dipy_aniso_vox", "2D")
+    cli_fails(["upscale", str(MRI / "dipy_aniso_vox.nii.gz"), str(out), "--checkpoint", str(tmp_path / "last.ckpt")], "dipy_aniso_vox", "2D")
     assert not out.exists()
 
 

@@ -25,14 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from domains.faces.degradations import FaceDegradation, evaluation_degradation
-from domains.images.data import FreshIndexSampler, list_images, to_channels
+from domains.images.data import PairDataModule, list_images, to_channels
 from domains.images.io import ImageFileError, read_image
 
 #: measured framing of the shipped portraits: face centre at (0.476 H, 0.489 W), side = the width
@@ -170,7 +169,7 @@ class FaceEvalDataset(Dataset):
         return {"hr": hr, "lr": d.grid[0]}
 
 
-class FaceDataModule(pl.LightningDataModule):
+class FaceDataModule(PairDataModule):
     """Face photos (one person per file) as ``{"hr", "lr"}`` batches of ``(C, S, S)`` in [0, 1].
 
     Args:
@@ -192,6 +191,8 @@ class FaceDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers.
         seed: seed of every draw (training crops, flips, degradations; validation uses ``seed + 1``).
     """
+
+    val_batch_size = 8
 
     def __init__(
         self,
@@ -236,20 +237,6 @@ class FaceDataModule(pl.LightningDataModule):
                 files, self.size, self.channels, self.val_degradation, self.crop_center, self.crop_side, self.seed + 1
             )
 
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        return DataLoader(
-            self.train_set, batch_size=self.batch_size, sampler=FreshIndexSampler(len(self.train_set)),
-            num_workers=self.num_workers, drop_last=True,
-        )
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_set is None:
-            return []
-        return DataLoader(self.val_set, batch_size=min(8, len(self.val_set)), num_workers=0)
-
-    test_dataloader = val_dataloader
-    predict_dataloader = val_dataloader
 
     def state_dict(self) -> dict[str, Any]:
         """Stored in checkpoints (plain data): the face size and framing inference must reproduce."""

@@ -90,6 +90,40 @@ class FreshIndexSampler(Sampler[int]):
         return iter(range(start, start + self.n))
 
 
+class PairDataModule(pl.LightningDataModule):
+    """The loaders every diffsr datamodule shares: fresh random pairs each epoch, fixed validation.
+
+    Subclasses build ``train_set`` (random, reproducible per index: :class:`FreshIndexSampler`
+    hands out new indices every epoch) and ``val_set`` in ``setup`` and set ``batch_size`` and
+    ``num_workers``; ``val_batch_size`` is the validation batch (1: items may differ in size).
+    """
+
+    train_set: Dataset | None = None
+    val_set: Dataset | None = None
+    batch_size: int = 8
+    num_workers: int = 0
+    val_batch_size: int = 1
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None
+        n = len(self.train_set)  # type: ignore[arg-type]
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, sampler=FreshIndexSampler(n), num_workers=self.num_workers,
+            drop_last=True,
+        )  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return DataLoader(self.val_set, batch_size=min(self.val_batch_size, len(self.val_set)), num_workers=0)  # type: ignore[arg-type]
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
+
 class CenterCropDataset(Dataset):
     """One deterministic centre crop per image (validation), size a multiple of ``multiple``."""
 
@@ -109,7 +143,7 @@ class CenterCropDataset(Dataset):
         return {"hr": self.items[index]}
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule(PairDataModule):
     """Folders (or lists) of PNG/JPEG/TIFF photos, 8 or 16 bit, grey or RGB, as ``{"hr": (C, H, W)}`` in [0, 1].
 
     Args:
@@ -155,21 +189,3 @@ class ImageDataModule(pl.LightningDataModule):
         if self.val_sources is not None and self.val_set is None:
             self.val_set = CenterCropDataset(self._load(self.val_sources), self.val_crop_size, self.multiple)
 
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            sampler=FreshIndexSampler(len(self.train_set)),
-            num_workers=self.num_workers,
-            drop_last=True,
-            persistent_workers=False,
-        )
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_set is None:
-            return []
-        return DataLoader(self.val_set, batch_size=1, num_workers=0)
-
-    test_dataloader = val_dataloader
-    predict_dataloader = val_dataloader

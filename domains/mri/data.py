@@ -17,13 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from domains.images.data import FreshIndexSampler
+from domains.images.data import PairDataModule
 from domains.mri.io import NIFTI_SUFFIXES, MRIFileError, read_volume
 from domains.mri.normalize import foreground_mask, robust_normalization
 from toolkit.normalization import Normalization
@@ -163,7 +162,7 @@ class CentrePatchDataset(Dataset):
         return {"hr": self.items[index]}
 
 
-class VolumeDataModule(pl.LightningDataModule):
+class VolumeDataModule(PairDataModule):
     """NIfTI volumes (3D, or every volume of a 4D file) as ``{"hr": (1, X, Y, Z)}`` normalised patches.
 
     Training and validation files are given separately, so the split is by file (subject),
@@ -301,23 +300,6 @@ class VolumeDataModule(pl.LightningDataModule):
                 [v for v, _ in self._load(self.val_sources, False)], self.val_patch_size, self.multiple, self.slab_axis
             )
 
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            sampler=FreshIndexSampler(len(self.train_set)),
-            num_workers=self.num_workers,
-            drop_last=True,
-        )
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_set is None:
-            return []
-        return DataLoader(self.val_set, batch_size=1, num_workers=0)
-
-    test_dataloader = val_dataloader
-    predict_dataloader = val_dataloader
 
 
 def _triple(v: int | Sequence[int]) -> tuple[int, int, int]:

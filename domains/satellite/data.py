@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from domains.images.data import FreshIndexSampler
+from domains.images.data import PairDataModule
 from domains.satellite.io import RASTER_SUFFIXES, RasterFileError, RasterReader, crop_raster
 from domains.satellite.normalize import robust_band_normalization
 from toolkit.normalization import Normalization
@@ -135,7 +134,7 @@ class WindowListDataset(Dataset):
         return {"hr": torch.from_numpy(np.ascontiguousarray(patch))}
 
 
-class RasterDataModule(pl.LightningDataModule):
+class RasterDataModule(PairDataModule):
     """GeoTIFF rasters (a folder or list), any band count and dtype, split into spatially disjoint train and validation blocks.
 
     Args:
@@ -308,20 +307,3 @@ class RasterDataModule(pl.LightningDataModule):
             windows = self.validation_windows()
             self.val_set = WindowListDataset(scenes, windows) if windows else None
 
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            sampler=FreshIndexSampler(len(self.train_set)),
-            num_workers=self.num_workers,
-            drop_last=True,
-        )
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_set is None:
-            return []
-        return DataLoader(self.val_set, batch_size=1, num_workers=0)
-
-    test_dataloader = val_dataloader
-    predict_dataloader = val_dataloader

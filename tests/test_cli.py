@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from conftest import CliFails
-
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -20,6 +16,9 @@ import torch
 from domains.images.io import read_image, write_image
 from pipelines.cli import main
 from toolkit.checkpoint import CheckpointError, load_model, read_checkpoint
+
+if TYPE_CHECKING:
+    from conftest import CliFails
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "images" / "sr3_x2.yaml"

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from conftest import CliFails
-
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -20,6 +16,9 @@ from domains.satellite.normalize import raster_normalization
 from domains.satellite.operators import SensorMTFDownsample
 from pipelines.cli import main
 from tests.test_satellite_pipeline import make_checkpoint
+
+if TYPE_CHECKING:
+    from conftest import CliFails
 
 ROOT = Path(__file__).resolve().parents[1]
 L8 = ROOT / "data" / "satellite" / "landsat8_ms_30m_7band_128.tif"

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from conftest import CliFails
-
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -21,6 +17,9 @@ from domains.mri.io import MRIFileError, read_volume
 from pipelines.cli import main
 from toolkit.checkpoint import load_model
 from toolkit.operators import SliceAverage
+
+if TYPE_CHECKING:
+    from conftest import CliFails
 
 ROOT = Path(__file__).resolve().parents[1]
 MRI = ROOT / "data" / "mri"

@@ -262,6 +262,7 @@ def stream_upscale(
     state: Literal["auto", "memory", "disk"] = "auto",
     memory_limit_mb: float = 64.0,
     noise_block: int = 32,
+    exact_projection_mb: float = 1024.0,
 ) -> None:
     """Super-resolve an input read window by window; the output is written window by window.
 
@@ -281,6 +282,10 @@ def stream_upscale(
         workdir: folder for the on-disk state (default: the system's temporary folder).
         state: keep the state in ``memory``, on ``disk``, or ``auto`` (disk above ``memory_limit_mb``).
         noise_block: side of the noise field's blocks.
+        exact_projection_mb: the final projection of an operator that is not block-local (a
+            blur before downsampling: every output pixel depends on inputs beyond its cell) is
+            made on the whole image, exactly, when the output takes at most this much memory
+            (float32); above it, window by window on widened windows (approximate at cell edges).
 
     A state space on a coarser grid than the output (wavelet, latent: ``space.stride > 1``) is not
     streamed: the input is read whole and sampled in memory, the network still running tile by
@@ -316,6 +321,11 @@ def stream_upscale(
     nbytes = 4 * (cz * n_arrays + 1) * math.prod(layout.shape)
     on_disk = state == "disk" or (state == "auto" and nbytes > memory_limit_mb * 2**20)
     m_hr = [LR_MARGIN * f for f in factors]
+    whole_projection = (
+        options.consistency != "none"
+        and not op.block_local
+        and 4 * model.channels * math.prod(hr_shape) <= exact_projection_mb * 2**20
+    )
 
     from tqdm.auto import tqdm
 
@@ -462,29 +472,47 @@ def stream_upscale(
                     z_arr.write(cell, z_new_np.astype(np.float32))
                 h_prev = h_step or h_prev
 
+            def emit(region: Region, value: np.ndarray, k: int = k) -> None:
+                """Hand one finished output region on: written (one sample) or accumulated."""
+                if k_samples == 1:
+                    write_hr(region, np.ascontiguousarray(value))
+                    return
+                assert mean is not None and m2 is not None
+                # Welford: running mean and sum of squared deviations, in the true frame
+                mu = mean.read(region)
+                delta = value - mu
+                mu = mu + delta / (k + 1)
+                mean.write(region, mu)
+                m2.add(region, delta * (value - mu))
+
             # -- decode, project, accumulate ------------------------------------------------
+            whole = MemoryArray((model.channels, *hr_shape)) if whole_projection else None
+            regions: list[Region] = []
             for cell in layout.cells:
                 lo, hi = _bounds(cell)
                 if any(a0_ >= n for a0_, n in zip(lo, hr_shape)):
                     continue  # padding only
                 x, y, inner = decode_window(z_arr.read(cell), lo, hi)
-                if options.consistency != "none":
+                if options.consistency != "none" and whole is None:
                     x = op.project(x, y)  # exact inside the window for block-local operators
                 x_np = norm.denormalize(x[inner])[0].float().cpu().numpy()
                 hi_c = [min(h, n) for h, n in zip(hi, hr_shape)]
                 x_np = x_np[(slice(None), *(slice(0, h - a0_) for a0_, h in zip(lo, hi_c)))]
                 region = frame.out_region(_region(lo, hi_c), hr_shape)
-                value = frame.out_value(x_np)
-                if k_samples == 1:
-                    write_hr(region, np.ascontiguousarray(value))
+                if whole is not None:
+                    whole.write(region, frame.out_value(x_np))
+                    regions.append(region)
                 else:
-                    assert mean is not None and m2 is not None
-                    # Welford: running mean and sum of squared deviations, in the true frame
-                    mu = mean.read(region)
-                    delta = value - mu
-                    mu = mu + delta / (k + 1)
-                    mean.write(region, mu)
-                    m2.add(region, delta * (value - mu))
+                    emit(region, frame.out_value(x_np))
+            if whole is not None:
+                # the whole sample projected at once, in data units (the normalisation is an affine
+                # map per channel and these operators act per channel and keep constants)
+                everything = tuple(slice(0, n) for n in hr_shape)
+                x_all = torch.from_numpy(whole.read(everything))[None].double()
+                y_all = np.asarray(read_lr(tuple(slice(0, n) for n in lr_shape)), dtype=np.float64)
+                x_all = op.project(x_all, torch.from_numpy(y_all)[None])[0].float().numpy()
+                for region in regions:
+                    emit(region, x_all[(slice(None), *region)])
         if k_samples > 1:
             assert mean is not None and m2 is not None
             for cell in layout.cells:

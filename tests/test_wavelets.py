@@ -10,7 +10,7 @@ import torch
 
 from toolkit import wavelets
 from toolkit.checkpoint import load_model
-from toolkit.denoiser import UNetDenoiser
+from toolkit.denoiser import UNetDenoiser, fit_denoiser_to_space
 from toolkit.lightning import DiffusionSR
 from toolkit.operators import AreaDownsample
 from toolkit.spaces import WaveletSpace, space_from_spec
@@ -221,3 +221,22 @@ def test_wavelet_model_upscales_a_nifti_with_its_affine(tmp_path: Path) -> None:
     shape = (a.shape[0], a.shape[1], a.shape[2] // 4 * 4)
     assert b.shape == shape
     assert np.allclose(b.affine, a.affine, atol=1e-4)
+
+
+def test_coarse_grid_sampling_is_consistent_for_a_blur_on_odd_sizes(photo_t: torch.Tensor) -> None:
+    """Padded to the network's multiple and cropped back, the output still explains its true input: A(x) = y."""
+    from toolkit.checkpoint import SRModel, upscale_any_size
+    from toolkit.engine import SamplerOptions
+    from toolkit.normalization import Normalization
+    from toolkit.operators import GaussianDownsample
+    from toolkit.process import GaussianProcess
+
+    den = UNetDenoiser(2, 2, num_channels=[8, 16], attention_levels=[False, False], norm_num_groups=8, num_head_channels=8)
+    space = WaveletSpace("db2", 1, "residual", 0.25)
+    op = GaussianDownsample(2, sigma=1.0)
+    model = SRModel(den, op, space, GaussianProcess(), Normalization([0.5, 0.5], [0.5, 0.5]), SamplerOptions(steps=2))
+    model.denoiser = fit_denoiser_to_space(den, space).eval()
+    y = (_real(photo_t, (1, 2, 13, 19)) + 1) / 2  # odd: padded to multiples of 2 (HR multiples of 4)
+    x, _ = upscale_any_size(model, y, model.options, make_generator(0))
+    assert x.shape == (1, 2, 26, 38) and model.multiple == 4
+    assert (op.A(x.double()) - y.double()).abs().max() < 1e-5

@@ -125,7 +125,13 @@ def upscale_any_size(
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         x, std = model.upscale_with_uncertainty(yp, generator, options, callback=callback, tiling=tiling)
     crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in model.operator.hr_shape(lr_shape))
-    return x[crop].float().cpu(), None if std is None else std[crop].float().cpu()
+    x = x[crop].float().cpu()
+    opts = options or model.options
+    if any(pads) and opts.consistency != "none" and not model.operator.block_local:
+        # the padded input was matched exactly; a blur reaches across the crop, so match the true one
+        # (in data units: the normalisation is affine per channel, the operator keeps constants)
+        x = model.operator.project(x.double(), y.detach().cpu().double()).float()
+    return x, None if std is None else std[crop].float().cpu()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -79,6 +79,7 @@ def _evaluate(domain: str, config: str, ckpt: Path, out: Path, steps: int) -> di
     """The domain's held-back evaluation at ``steps`` steps, one sample: metrics and sampling seconds."""
     import yaml
 
+    import domains.satellite.operators  # noqa: F401 - registers the sensor MTF operator checkpoints name
     from toolkit.checkpoint import load_model
 
     model = load_model(ckpt)
@@ -131,8 +132,12 @@ def _autoencoder_ceiling(domain: str, space: str, out: Path, minutes: float, ckp
     return reconstruction_psnr(ae, dm.val_dataloader(), Normalization(**info["normalization"]), cli.model.data_range)
 
 
-def job(domain: str, space: str, out: Path, minutes: float, steps: int) -> dict[str, Any]:
-    """Train one space (or the stage-1 autoencoder) and evaluate it; the result is also written as JSON."""
+def job(domain: str, space: str, out: Path, minutes: float, steps: int, eval_only: bool = False) -> dict[str, Any]:
+    """Train one space (or the stage-1 autoencoder) and evaluate it; the result is also written as JSON.
+
+    With ``eval_only`` the trained checkpoint and the training figures of an earlier run are kept
+    and only the evaluation is made again.
+    """
     import torch
 
     from pipelines.cli import main as cli
@@ -140,10 +145,17 @@ def job(domain: str, space: str, out: Path, minutes: float, steps: int) -> dict[
     root = out / domain / space
     root.mkdir(parents=True, exist_ok=True)
     os.chdir(ROOT)
+    ckpt = root / "last.ckpt"
+    if eval_only:
+        result = json.loads((root / "result.json").read_text())
+        if space != "autoencoder":
+            cfg = DOMAINS[domain]["residual" if space == "pixel" else space]
+            result.update(_evaluate(domain, cfg, ckpt, root / "eval", steps))
+            (root / "result.json").write_text(json.dumps(result, indent=2))
+        return result
     t0 = time.perf_counter()
     cli(_fit_args(domain, space, out, minutes))
     fit_seconds = time.perf_counter() - t0
-    ckpt = root / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     steps_done = int(state.get("global_step", 0))
     # the training loop ran for the budget (max_time); set-up (imports, data loading) is not a step
@@ -197,11 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="sampling steps for every space")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     p.add_argument("--out", default="runs/compare")
+    p.add_argument("--eval-only", action="store_true", help="evaluate the checkpoints of an earlier run again")
     p.add_argument("--job", nargs=2, metavar=("DOMAIN", "SPACE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     if args.job:
-        job(args.job[0], args.job[1], out, args.minutes, args.steps)
+        job(args.job[0], args.job[1], out, args.minutes, args.steps, args.eval_only)
         return 0
 
     queue = [(d, s) for d in args.domains for s in (["autoencoder"] if "latent" in args.spaces else []) + args.spaces]
@@ -216,20 +229,22 @@ def main(argv: list[str] | None = None) -> int:
                 running.remove(item)
                 done.add(item[0])
                 print(f"done: {item[0]} (exit {item[1].returncode})", flush=True)
-        ready = [j for j in queue if j[1] != "latent" or (j[0], "autoencoder") in done]
+        ready = [j for j in queue if j[1] != "latent" or (j[0], "autoencoder") in done or args.eval_only]
         while ready and len(running) < args.jobs:
             d, s = ready.pop(0)
             queue.remove((d, s))
             (out / d / s).mkdir(parents=True, exist_ok=True)
             log = open(out / d / s / "job.log", "wb")  # noqa: SIM115 - closed when the process ends
             cmd = [sys.executable, __file__, "--job", d, s, "--minutes", str(args.minutes), "--steps", str(args.steps), "--out", str(out)]
+            cmd += ["--eval-only"] if args.eval_only else []
             running.append(((d, s), subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)))
             print(f"start: {d}/{s}", flush=True)
         time.sleep(5)
 
-    results: dict[str, dict[str, Any]] = {}
+    merged = out / "results.json"
+    results: dict[str, dict[str, Any]] = json.loads(merged.read_text()) if merged.is_file() else {}
     for d in args.domains:
-        results[d] = {}
+        results.setdefault(d, {})
         for s in ["autoencoder", *args.spaces]:
             f = out / d / s / "result.json"
             if f.is_file():

@@ -537,15 +537,31 @@ def _upscale_whole(
     progress: bool,
     precision: str,
 ) -> None:
-    """The in-memory path of :func:`stream_upscale` (spaces whose state is on a coarser grid)."""
+    """The in-memory path of :func:`stream_upscale` (spaces whose state is on a coarser grid).
+
+    A space that encodes and decodes in tiles of its own (a latent space's autoencoder) but was
+    saved with ``tile = 0`` (one pass) gets the network's tile size for this call, scaled to
+    image pixels, so an input larger than one pass still goes through in pieces.
+    """
     from tqdm.auto import tqdm
 
     device = next(model.denoiser.parameters()).device
     y = torch.from_numpy(np.ascontiguousarray(read_lr(tuple(slice(0, int(n)) for n in lr_shape)), dtype=np.float32))
-    with tqdm(total=options.steps * max(1, options.samples), desc="sampling", unit="step", disable=not progress, leave=False) as bar:
-        x, std = upscale_any_size(
-            model, y[None], options, make_generator(seed, device), lambda i, z, x0: bar.update(1), tiling, precision
-        )
+    space, saved = model.space, (getattr(model.space, "tile", None), getattr(model.space, "overlap", None))
+    if saved[0] == 0:
+        side = min((tiling.size,) if isinstance(tiling.size, int) else tiling.size) * space.stride
+        over = min((tiling.overlap,) if isinstance(tiling.overlap, int) else tiling.overlap) * space.stride
+        space.tile, space.overlap = side, min(side - space.stride, max(32, over) // space.stride * space.stride)  # type: ignore[attr-defined]
+    try:
+        with tqdm(
+            total=options.steps * max(1, options.samples), desc="sampling", unit="step", disable=not progress, leave=False
+        ) as bar:
+            x, std = upscale_any_size(
+                model, y[None], options, make_generator(seed, device), lambda i, z, x0: bar.update(1), tiling, precision
+            )
+    finally:
+        if saved[0] == 0:
+            space.tile, space.overlap = saved  # type: ignore[attr-defined]
     region = tuple(slice(0, n) for n in x.shape[2:])
     write_hr(region, np.ascontiguousarray(x[0].numpy()))
     if write_std is not None and std is not None:

@@ -26,7 +26,7 @@ from torch import nn
 
 from toolkit.metrics import psnr
 from toolkit.normalization import Normalization
-from toolkit.utils import make_generator, randn
+from toolkit.utils import load_weights_only, make_generator, randn
 
 AutoencoderKind = Literal["kl", "vq"]
 AUTOENCODER_FORMAT = 1
@@ -381,13 +381,7 @@ def load_autoencoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             checkpoint, of another format, or its weights do not match its description.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AutoencoderCheckpointError(f"{path}: autoencoder checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to unpickle (weights only) means an unusable file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AutoencoderCheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+    ckpt = load_weights_only(path, AutoencoderCheckpointError, "autoencoder checkpoint")
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
         what = " (it is a diffusion model checkpoint)" if isinstance(ckpt, dict) and "diffsr" in ckpt else ""
         raise AutoencoderCheckpointError(

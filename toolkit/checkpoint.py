@@ -19,6 +19,7 @@ from toolkit.process import GaussianProcess
 from toolkit.samplers import Callback
 from toolkit.spaces import StateSpace, space_from_spec
 from toolkit.tiling import Tiling
+from toolkit.utils import load_weights_only
 
 CHECKPOINT_FORMAT = 1
 
@@ -137,13 +138,7 @@ def upscale_any_size(
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)``: tensors and plain data only, no code."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to unpickle (weights only) means an unusable file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+    ckpt = load_weights_only(path, CheckpointError)
     if not isinstance(ckpt, dict) or "diffsr" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a diffsr checkpoint (no 'diffsr' model description)")
     fmt = ckpt["diffsr"].get("format")
@@ -165,19 +160,22 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> SRModel:
         options = SamplerOptions(**spec["sampler"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid model description ({exc})") from None
-    state = {k[len("ema."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
-    if not state:
-        state = {k[len("denoiser."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("denoiser.")}
-    try:
-        denoiser.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the model description ({str(exc).splitlines()[0]})") from None
-    denoiser.eval().requires_grad_(False)
+    weights = ckpt["state_dict"]
+    _load_frozen(denoiser, _prefixed(weights, "ema.") or _prefixed(weights, "denoiser."), path, "weights")
     if isinstance(space, torch.nn.Module):  # a space with weights of its own (a latent space's autoencoder)
-        sstate = {k[len("space."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("space.")}
-        try:
-            space.load_state_dict(sstate, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path}: state-space weights do not match its description ({str(exc).splitlines()[0]})") from None
-        space.eval().requires_grad_(False)
+        _load_frozen(space, _prefixed(weights, "space."), path, "state-space weights")
     return SRModel(denoiser, operator, space, process, normalization, options, spec).to(device)
+
+
+def _prefixed(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of ``state`` under ``prefix``, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _load_frozen(module: torch.nn.Module, state: dict[str, Any], path: str | Path, what: str) -> None:
+    """Load ``state`` strictly into ``module`` and freeze it for inference."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: {what} do not match the model description ({str(exc).splitlines()[0]})") from None
+    module.eval().requires_grad_(False)

@@ -62,14 +62,6 @@ class SamplerOptions:
         return asdict(self)
 
 
-def condition(y: torch.Tensor, hr_shape: tuple[int, ...]) -> torch.Tensor:
-    """SR3 condition: the low-resolution input interpolated onto the high-resolution grid.
-
-    (The pixel-grid default of :meth:`toolkit.spaces.StateSpace.condition`.)
-    """
-    return upsample(y, hr_shape)
-
-
 @torch.no_grad()
 def sample_sr_with_uncertainty(
     denoiser: UNetDenoiser,

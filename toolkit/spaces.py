@@ -49,13 +49,16 @@ class StateSpace:
         """What the network sees of ``y``, on the state's grid (SR3: ``y`` interpolated onto the output grid)."""
         return upsample(y, hr_shape)
 
+    def _round_trip_error(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x, y), y, x.shape[2:]) - x
+
     def reconstruction_error(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Max absolute error of ``decode(encode(x, y), y)`` against ``x``."""
-        return float((self.decode(self.encode(x, y), y, x.shape[2:]) - x).abs().max())
+        return float(self._round_trip_error(x, y).abs().max())
 
     def reconstruction_psnr(self, x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> float:
         """PSNR (dB) of ``decode(encode(x, y), y)`` against ``x`` (normalised units span ``data_range``)."""
-        mse = float((self.decode(self.encode(x, y), y, x.shape[2:]) - x).double().pow(2).mean())
+        mse = float(self._round_trip_error(x, y).double().pow(2).mean())
         return float("inf") if mse == 0 else 10 * math.log10(data_range**2 / mse)
 
     def spec(self) -> dict[str, Any]:

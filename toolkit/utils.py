@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -18,6 +19,22 @@ def build_from_spec(known: Mapping[str, type[T]], spec: Mapping[str, Any], what:
     if kind not in known:
         raise ValueError(f"unknown {what} type {kind!r}; known: {sorted(known)}")
     return known[kind](**rest)
+
+
+def load_weights_only(path: str | Path, error: type[Exception], what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain data only, never code.
+
+    Raises:
+        error: the file is missing or cannot be read that way (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle (weights only) means an unusable file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise error(f"{path}: not a readable checkpoint ({first})") from None
 
 
 def append_dims(x: torch.Tensor, target_ndim: int) -> torch.Tensor:

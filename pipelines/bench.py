@@ -10,9 +10,10 @@ from typing import Any
 import torch
 
 from toolkit.denoiser import UNetDenoiser
-from toolkit.guidance import classifier_free
+from toolkit.engine import SamplerOptions, sample_sr
+from toolkit.operators import AreaDownsample
 from toolkit.process import GaussianProcess
-from toolkit.samplers import sample_ddim
+from toolkit.spaces import PixelSpace
 from toolkit.utils import make_generator, upsample
 
 
@@ -40,7 +41,8 @@ def run_bench(
     """Time ``steps`` sampling steps three ways at the same shape and report per-step medians.
 
     * network forward: the bare MONAI UNet on a ready concatenated input, ``steps`` times;
-    * engine: DDIM through diffsr's sampler, model function and SR3 conditioning;
+    * engine: DDIM through diffsr's sampling loop (:func:`toolkit.engine.sample_sr`: prior, SR3
+      conditioning, guidance wrapper, stepper, decoding), pixel space, no projection;
     * MONAI: ``DiffusionInferer.sample`` with the same network, a ``DDIMScheduler`` and concat conditioning.
     """
     from monai.inferers import DiffusionInferer
@@ -63,8 +65,7 @@ def run_bench(
     cond = upsample(y, hr)
     z = torch.randn((batch, channels, *hr), generator=g, device=dev)
     proc = GaussianProcess("linear", parameterization="eps")
-    ts, ab = proc.sampling_schedule(steps)
-    ts_f = ts.to(dev).float()
+    ts_f = torch.tensor(proc.sampling_schedule(steps).t, dtype=torch.float32, device=dev)
     x_in = torch.cat([z, cond], 1)
 
     def forward() -> None:
@@ -72,7 +73,8 @@ def run_bench(
             net.net(x_in, t.expand(batch))
 
     def engine() -> None:
-        sample_ddim(classifier_free(net, proc, cond), z, ts, ab)
+        opts = SamplerOptions(sampler="ddim", steps=steps, consistency="none")
+        sample_sr(net, proc, PixelSpace(), AreaDownsample(2, spatial_dims=nd), y, opts, make_generator(0, dev))
 
     scheduler = DDIMScheduler(num_train_timesteps=proc.timesteps, schedule="linear_beta", clip_sample=False)
     scheduler.set_timesteps(steps)  # MONAI keeps its timesteps on the CPU (its inferer concatenates with a CPU tensor)

@@ -8,7 +8,7 @@ from torch import nn
 
 from toolkit.denoiser import UNetDenoiser
 from toolkit.engine import SamplerOptions, sample_sr
-from toolkit.guidance import classifier_free, range_null_space
+from toolkit.guidance import classifier_free
 from toolkit.operators import AreaDownsample, GaussianDownsample
 from toolkit.process import GaussianProcess
 from toolkit.spaces import PixelSpace, ResidualSpace
@@ -51,24 +51,30 @@ def test_classifier_free_guidance_formula() -> None:
 
 
 def test_ddnm_makes_every_prediction_consistent(x2d: torch.Tensor) -> None:
+    """The loop's every-step DDNM correction: the corrected x0 explains y, and eps follows it so z = a x0 + s eps."""
+    from toolkit.engine import MemoryCanvas
+
     op = GaussianDownsample(2)
     proc = GaussianProcess()
     x = x2d[:, :, :24, :36].float()
     y = op.A(x)
     space = ResidualSpace(0.5)
-
-    def model_fn(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.zeros_like(z) + 0.3, torch.zeros_like(z)
-
-    guided = range_null_space(model_fn, proc, space, op, y)
-    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-    x0, eps = guided(z, torch.tensor([400.0]))
+    canvas = MemoryCanvas(_Pointwise(), proc, space, op, y, SamplerOptions(consistency="every_step"), make_generator(0))
+    x0 = canvas.consistent(torch.zeros_like(x) + 0.3, canvas.cells[0])
     assert torch.allclose(op.A(space.decode(x0, y)), y, atol=1e-5)
-    # eps is re-derived so that z = a x0 + s eps still holds for the corrected x0 (given it held before)
-    a, s = proc.coefficients(torch.tensor([400]), z)
-    z_model = a * (torch.zeros_like(z) + 0.3)
-    _, eps_c = guided(z_model, torch.tensor([400.0]))
-    assert torch.allclose(a * x0 + s * eps_c, z_model, atol=1e-5)
+    t = torch.tensor([400.0])
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    a, s = proc.coefficients(t, z)
+    assert torch.allclose(a * x0 + s * proc.eps_from_x0(z, x0, t), z, atol=1e-5)
+
+
+def test_every_step_consistency_refuses_a_nonlinear_space(x2d: torch.Tensor) -> None:
+    class Curved(PixelSpace):
+        linear = False
+
+    y = AreaDownsample(2).A(x2d.float())
+    with pytest.raises(ValueError, match="needs a linear state space; Curved"):
+        sample_sr(_Pointwise(), GaussianProcess(), Curved(), AreaDownsample(2), y, SamplerOptions(steps=2, consistency="every_step"), make_generator(0))
 
 
 def test_tile_starts_cover_with_overlap() -> None:

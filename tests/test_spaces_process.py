@@ -45,18 +45,18 @@ def test_parameterizations_recover_x0_and_eps(param: str, x2d: torch.Tensor) -> 
         tt = torch.tensor([t])
         z_t = proc.q_sample(x2d, tt, noise)
         target = proc.target(x2d, noise, tt)
-        x0, eps = proc.predict(target, z_t, proc.alpha_bar[tt])
+        x0, eps = proc.predict(target, z_t, tt.float())
         assert torch.allclose(x0, x2d, atol=1e-6 if t < 999 else 1e-3)
         assert torch.allclose(eps, noise, atol=1e-6 if t > 0 else 1e-3)
 
 
 def test_sampling_schedule() -> None:
     proc = GaussianProcess()
-    ts, ab = proc.sampling_schedule(20)
-    assert ts[0] == 999 and ts[-1] == 0 and len(ts) == 20
-    assert ab[-1] == 1.0 and len(ab) == 21
-    ts, _ = proc.sampling_schedule(5, t_start=400)
-    assert ts[0] == 400 and len(ts) == 5
+    sch = proc.sampling_schedule(20)
+    assert sch.t[0] == 999 and sch.t[-1] == 0 and len(sch) == 20
+    assert sch.alpha[-1] == 1.0 and sch.sigma[-1] == 0.0 and len(sch.alpha) == 21
+    assert all(abs(a**2 + s**2 - 1) < 1e-12 for a, s in zip(sch.alpha, sch.sigma))
+    assert len(proc.sampling_schedule(5, t_start=400)) == 5 and proc.sampling_schedule(5, t_start=400).t[0] == 400
 
 
 def test_min_snr_weights_are_bounded() -> None:

@@ -10,12 +10,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import toolkit.latent  # noqa: F401 - registers the latent state space for space_from_spec
 from toolkit.denoiser import UNetDenoiser, denoiser_from_config
-from toolkit.engine import SamplerOptions, sample_sr_with_uncertainty
+from toolkit.engine import Precision, SamplerOptions, sample_sr_with_uncertainty
 from toolkit.normalization import Normalization
 from toolkit.operators import Operator, operator_from_spec
-from toolkit.process import GaussianProcess
+from toolkit.process import Process, process_from_spec
 from toolkit.samplers import Callback
 from toolkit.spaces import StateSpace, space_from_spec
 from toolkit.tiling import Tiling
@@ -35,7 +34,7 @@ class SRModel:
     denoiser: UNetDenoiser
     operator: Operator
     space: StateSpace
-    process: GaussianProcess
+    process: Process
     normalization: Normalization
     options: SamplerOptions
     spec: dict[str, Any] = field(default_factory=dict)
@@ -83,8 +82,13 @@ class SRModel:
         options: SamplerOptions | None = None,
         callback: Callback | None = None,
         tiling: Tiling | None = None,
+        precision: Precision = "32",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Mean and per-pixel standard deviation (data units) over ``options.samples`` samples."""
+        """Mean and per-pixel standard deviation (data units) over ``options.samples`` samples.
+
+        ``precision`` ``bf16`` or ``fp16`` runs the network under autocast (the sampler's
+        arithmetic, the decoding and the projection stay float32).
+        """
         if y.shape[1] != self.channels:
             raise ValueError(f"input has {y.shape[1]} channels but the model was trained on {self.channels}")
         if y.ndim - 2 != self.spatial_dims:
@@ -93,7 +97,7 @@ class SRModel:
         yn = self.normalization.normalize(y.to(device=p.device, dtype=p.dtype))
         opts = options or self.options
         x, std = sample_sr_with_uncertainty(
-            self.denoiser, self.process, self.space, self.operator, yn, opts, generator, callback, tiling
+            self.denoiser, self.process, self.space, self.operator, yn, opts, generator, callback, tiling, precision
         )
         scale = torch.tensor(self.normalization.scale, dtype=x.dtype, device=x.device).reshape(1, -1, *([1] * self.spatial_dims))
         return self.normalization.denormalize(x), None if std is None else std * scale
@@ -106,7 +110,7 @@ def upscale_any_size(
     generator: torch.Generator,
     callback: Callback | None = None,
     tiling: Tiling | None = None,
-    precision: str = "32",
+    precision: Precision = "32",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Super-resolve ``y`` ``(B, C, *spatial)`` (data units) of any size: mean and std, float32 on the CPU.
 
@@ -121,10 +125,7 @@ def upscale_any_size(
         step = multiple // math.gcd(multiple, f)
         pads += [0, (-n) % step]
     yp = F.pad(y, pads, mode="replicate") if any(pads) else y
-    device = next(model.denoiser.parameters()).device
-    dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        x, std = model.upscale_with_uncertainty(yp, generator, options, callback=callback, tiling=tiling)
+    x, std = model.upscale_with_uncertainty(yp, generator, options, callback, tiling, precision)
     crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in model.operator.hr_shape(lr_shape))
     x = x[crop].float().cpu()
     opts = options or model.options
@@ -155,7 +156,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> SRModel:
         denoiser = denoiser_from_config(spec["denoiser"])
         operator = operator_from_spec(spec["operator"])
         space = space_from_spec(spec["space"])
-        process = GaussianProcess(**spec["process"])
+        process = process_from_spec(spec["process"])
         normalization = Normalization(**spec["normalization"])
         options = SamplerOptions(**spec["sampler"])
     except (KeyError, TypeError, ValueError) as exc:

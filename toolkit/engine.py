@@ -1,36 +1,65 @@
-"""The sampling engine: super-resolve a normalised low-resolution batch with the parts of a model."""
+"""The sampling engine: one loop that super-resolves a normalised low-resolution input.
+
+:func:`sample_canvas` is the only sampling loop. It asks a :class:`Canvas` where the state lives
+and how its parts are seen, and drives the parts every path shares: the process's schedule and
+prior, the sampler's stepper (:mod:`toolkit.samplers`), the truncated starts, classifier-free
+guidance and DDNM data consistency. Two canvases exist:
+
+* :class:`MemoryCanvas` (here): the whole batch as one tensor on the device; the network runs on
+  it whole or tile by tile (:class:`toolkit.tiling.TiledDenoiser`);
+* :class:`toolkit.streaming.StreamCanvas`: a raster or volume larger than memory, its state in
+  float32 arrays (in memory or on disk) updated cell by cell, the network run on overlapping tiles,
+  noise drawn from a positional field (:class:`toolkit.noise.NoiseField`).
+
+:func:`ensemble` draws ``options.samples`` samples (optionally mirrored: the flip self-ensemble)
+and accumulates their mean and spread the same way for both.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
 
-from toolkit.denoiser import UNetDenoiser
-from toolkit.guidance import classifier_free, range_null_space
+from toolkit.guidance import classifier_free, require_linear
+from toolkit.noise import NoiseField
 from toolkit.operators import Operator
-from toolkit.process import GaussianProcess
-from toolkit.samplers import Callback, SamplerName, run_sampler
+from toolkit.process import Process, Schedule, timesteps_like
+from toolkit.samplers import Callback, SamplerName, make_sampler
 from toolkit.spaces import StateSpace
 from toolkit.tiling import Tiling
 from toolkit.utils import upsample
 
 Consistency = Literal["none", "final", "every_step"]
 Start = Literal["interpolation", "regression"]
+Precision = Literal["32", "bf16", "fp16"]
+Region = tuple[slice, ...]
+
+AUTOCAST = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def network_precision(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
+    """Autocast for the network at ``precision`` (``32``: none)."""
+    dtype = AUTOCAST[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass(frozen=True)
 class SamplerOptions:
-    """How to sample. Stored in checkpoints as the defaults for inference.
+    """How to sample. Stored in checkpoints as the defaults for inference; one typed argument in configs.
 
     Attributes:
-        sampler: ``ddpm`` (ancestral), ``ddim`` (with ``eta``) or ``dpmpp`` (DPM-Solver++ 2M).
+        sampler: a registered sampler (:func:`toolkit.samplers.sampler_names`): ``ddim`` (with
+            ``eta``), ``ddpm`` (ancestral), ``dpmpp`` (DPM-Solver++ 2M), ...
         steps: number of network evaluations.
         eta: DDIM stochasticity (0 deterministic, 1 ancestral).
         guidance_scale: classifier-free guidance weight ``w`` (1 = conditional model only).
         consistency: data consistency with the operator: none, a final projection onto
-            ``{x : A x = y}``, or DDNM's projection of ``x0_hat`` at every step (and the final one).
+            ``{x : A x = y}``, or DDNM's projection of ``x0_hat`` at every step (and the final one;
+            needs a linear state space).
         t_start: start from this timestep instead of ``T - 1`` (truncated start).
         start: with ``t_start``, the estimate that is noised to ``t_start``: the interpolated
             input (SDEdit), or the network's own prediction from pure noise at ``T`` (the
@@ -54,95 +83,304 @@ class SamplerOptions:
     samples: int = 1
     flip_ensemble: bool = False
 
+    def __post_init__(self) -> None:
+        make_sampler(self.sampler)  # an unknown name is an error here, not a silent default
+        if int(self.steps) < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if int(self.samples) < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if self.consistency not in ("none", "final", "every_step"):
+            raise ValueError(f"unknown consistency {self.consistency!r}; choose none, final or every_step")
+        if self.start not in ("interpolation", "regression"):
+            raise ValueError(f"unknown start {self.start!r}; choose interpolation or regression")
+
     def updated(self, **kwargs: Any) -> SamplerOptions:
         """A copy with the given fields replaced (``None`` values are ignored)."""
         return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
+
+    @property
+    def regression_start(self) -> bool:
+        return self.t_start is not None and self.start == "regression"
 
     def spec(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def check_options(options: SamplerOptions, space: StateSpace) -> None:
+    """Refuse combinations that would run but give a wrong answer."""
+    if options.consistency == "every_step":
+        require_linear(space)
+
+
+# --- the canvas: where the state of one run lives ------------------------------------------------------
+class Canvas:
+    """Where the state of one sampling run lives, and how its parts are seen.
+
+    Named fields (``"z"``: the state, ``"x0"``: the blended data prediction, ``"prev0"``, ...: a
+    multistep sampler's history) are read and written by cell, each ``(B, C_z, *cell)`` on the
+    device. The cells partition the state.
+    """
+
+    cells: Sequence[Region]
+
+    def allocate(self, names: Sequence[str]) -> None:
+        """Make room for the named fields (zeros)."""
+        raise NotImplementedError
+
+    def read(self, name: str, cell: Region) -> torch.Tensor:
+        raise NotImplementedError
+
+    def write(self, name: str, cell: Region, value: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def noise(self, draw: int, cell: Region) -> torch.Tensor:
+        """Standard normal noise over ``cell`` for draw ``draw`` (0: prior, 1: start, ``2 + i``: step ``i``)."""
+        raise NotImplementedError
+
+    def predict(self, t: float) -> None:
+        """The guided network's data prediction at timestep ``t`` for state ``"z"``, into ``"x0"``."""
+        raise NotImplementedError
+
+    def interpolated(self, cell: Region) -> torch.Tensor:
+        """The interpolated input in the state space over ``cell`` (SDEdit's start estimate)."""
+        raise NotImplementedError
+
+    def consistent(self, x0: torch.Tensor, cell: Region) -> torch.Tensor:
+        """DDNM: ``x0`` over ``cell`` with its image projected onto ``{x : A x = y}``, in the state space."""
+        raise NotImplementedError
+
+    def emit(self, cell: Region, z: torch.Tensor) -> None:
+        """Decode the final state over ``cell`` (projected when asked) and hand the image on."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called once after every cell was emitted."""
+
+    def peek(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The state and data prediction as whole tensors for a callback (``None`` when streamed)."""
+        return None, None
+
+
+def schedule_for(process: Process, options: SamplerOptions) -> Schedule:
+    """The schedule ``options`` walk (a regression start takes one of the ``steps``)."""
+    steps = max(1, options.steps - 1) if options.regression_start else options.steps
+    return process.sampling_schedule(steps, options.t_start)
+
+
+def network_calls(process: Process, options: SamplerOptions) -> int:
+    """Network evaluations of one sample (for progress bars)."""
+    return len(schedule_for(process, options)) + int(options.regression_start)
+
+
+@torch.no_grad()
+def sample_canvas(
+    canvas: Canvas, process: Process, options: SamplerOptions, callback: Callback | None = None
+) -> None:
+    """Draw one sample on ``canvas``: prior, optional truncated start, the sampler's steps, decode.
+
+    Every random draw comes from ``canvas.noise``; every network evaluation from ``canvas.predict``.
+    """
+    schedule = schedule_for(process, options)
+    stepper = make_sampler(options.sampler, options.eta).init(schedule)
+    history = [f"prev{j}" for j in range(stepper.history)]
+    canvas.allocate(["z", "x0", *history])
+    def condition(cell: Region) -> torch.Tensor | None:
+        return canvas.interpolated(cell) if process.conditional else None
+
+    for cell in canvas.cells:
+        canvas.write("z", cell, process.prior(canvas.noise(0, cell), condition(cell)))
+    if options.t_start is not None:
+        # truncated start: noise an estimate of x0 to the schedule's first level and sample from there
+        if options.regression_start:
+            canvas.predict(float(process.timesteps - 1))
+            if callback is not None:
+                callback(-1, None, None)
+        for cell in canvas.cells:
+            estimate = canvas.read("x0", cell) if options.regression_start else canvas.interpolated(cell)
+            t0 = timesteps_like(schedule.t[0], estimate)
+            canvas.write("z", cell, process.q_sample(estimate, t0, canvas.noise(1, cell), condition(cell)))
+    for i, t in enumerate(schedule.t):
+        canvas.predict(t)
+        for cell in canvas.cells:
+            z, x0 = canvas.read("z", cell), canvas.read("x0", cell)
+            if options.consistency == "every_step":
+                x0 = canvas.consistent(x0, cell)
+            eps = process.eps_from_x0(z, x0, timesteps_like(t, z))
+            noise = canvas.noise(2 + i, cell) if stepper.needs_noise(i) else None
+            previous = [canvas.read(name, cell) for name in history[: min(i, stepper.history)]]
+            canvas.write("z", cell, stepper.step(z, x0, eps, i, noise, previous))
+            for j in range(min(i, stepper.history - 1), 0, -1):  # shift the history, newest first
+                canvas.write(history[j], cell, previous[j - 1])
+            if history:
+                canvas.write(history[0], cell, x0)
+        if callback is not None:
+            callback(i, *canvas.peek())
+    for cell in canvas.cells:
+        canvas.emit(cell, canvas.read("z", cell))
+    canvas.finish()
+
+
+def flip_dims(k: int, spatial_dims: int) -> tuple[int, ...]:
+    """Spatial axes (0-based) to mirror for ensemble member ``k``: the bits of ``k``."""
+    return tuple(d for d in range(spatial_dims) if (k % 2**spatial_dims) >> d & 1)
+
+
+def welford(mean: Any, m2: Any, value: Any, k: int) -> tuple[Any, Any]:
+    """Running mean and sum of squared deviations after sample ``k`` (0-based): tensors or arrays."""
+    delta = value - mean
+    mean = mean + delta / (k + 1)
+    return mean, m2 + delta * (value - mean)
+
+
+def ensemble(options: SamplerOptions, spatial_dims: int, draw: Callable[[int, tuple[int, ...]], None]) -> int:
+    """Call ``draw(k, flips)`` for every sample ``k`` of the ensemble; returns the number of samples.
+
+    ``flips`` are the spatial axes mirrored for member ``k`` (none without ``flip_ensemble``).
+    """
+    k_samples = max(1, int(options.samples))
+    for k in range(k_samples):
+        draw(k, flip_dims(k, spatial_dims) if options.flip_ensemble else ())
+    return k_samples
+
+
+# --- in memory -----------------------------------------------------------------------------------------
+class MemoryCanvas(Canvas):
+    """The whole batch as one tensor on the device: one cell, the network run whole or tile by tile.
+
+    Args:
+        denoiser: the network ``(z, t, cond, drop) -> out``.
+        process, space, operator: the model's parts.
+        y: ``(B, C, *spatial_lr)`` normalised low-resolution batch.
+        options: sampling options (guidance, consistency).
+        noise: a ``torch.Generator`` (draws in call order) or a positional :class:`NoiseField`
+            (draws by position and key, as the streamed path does).
+        member: the ensemble member (part of the positional noise key).
+        tiling: run the network tile by tile, blending inside every step.
+        precision: ``bf16`` or ``fp16`` runs the network under autocast (the sampler's arithmetic
+            stays float32).
+    """
+
+    def __init__(
+        self,
+        denoiser: torch.nn.Module,
+        process: Process,
+        space: StateSpace,
+        operator: Operator,
+        y: torch.Tensor,
+        options: SamplerOptions,
+        noise: torch.Generator | NoiseField,
+        member: int = 0,
+        tiling: Tiling | None = None,
+        precision: Precision = "32",
+    ) -> None:
+        self.process, self.space, self.operator, self.y, self.options = process, space, operator, y, options
+        self.hr_shape = operator.hr_shape(y.shape[2:])
+        self.state_shape = (y.shape[0], *space.state_shape(y.shape[1], self.hr_shape))
+        self.cells = [tuple(slice(0, n) for n in self.state_shape[2:])]
+        self.source, self.member, self.precision = noise, member, precision
+        net = tiling.wrap(denoiser) if tiling is not None else denoiser
+        self.model_fn = classifier_free(net, process, space.condition(y, self.hr_shape), options.guidance_scale)
+        self.fields: dict[str, torch.Tensor] = {}
+        self.output: torch.Tensor | None = None
+
+    def allocate(self, names: Sequence[str]) -> None:
+        self.fields = {n: torch.zeros(self.state_shape, device=self.y.device, dtype=self.y.dtype) for n in names}
+
+    def read(self, name: str, cell: Region) -> torch.Tensor:
+        return self.fields[name]
+
+    def write(self, name: str, cell: Region, value: torch.Tensor) -> None:
+        self.fields[name] = value
+
+    def noise(self, draw: int, cell: Region) -> torch.Tensor:
+        if isinstance(self.source, torch.Generator):
+            n = torch.randn(self.state_shape, generator=self.source, device=self.source.device, dtype=torch.float32)
+        else:
+            spatial = self.state_shape[2:]
+            n = torch.stack([
+                torch.from_numpy(self.source.region((self.member, draw, *((b,) if b else ())), [0] * len(spatial), spatial))
+                for b in range(self.state_shape[0])
+            ])
+        return n.to(device=self.y.device, dtype=self.y.dtype)
+
+    def predict(self, t: float) -> None:
+        z = self.fields["z"]
+        with network_precision(z.device, self.precision):
+            x0, _ = self.model_fn(z, timesteps_like(t, z))
+        self.fields["x0"] = x0.to(z.dtype)
+
+    def peek(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return self.fields.get("z"), self.fields.get("x0")
+
+    def interpolated(self, cell: Region) -> torch.Tensor:
+        return self.space.encode(upsample(self.y, self.hr_shape), self.y)
+
+    def consistent(self, x0: torch.Tensor, cell: Region) -> torch.Tensor:
+        x = self.space.decode(x0, self.y, self.hr_shape)
+        return self.space.encode(self.operator.project(x, self.y), self.y)
+
+    def emit(self, cell: Region, z: torch.Tensor) -> None:
+        x = self.space.decode(z, self.y, self.hr_shape)
+        self.output = self.operator.project(x, self.y) if self.options.consistency != "none" else x
+
+
 @torch.no_grad()
 def sample_sr_with_uncertainty(
-    denoiser: UNetDenoiser,
-    process: GaussianProcess,
+    denoiser: torch.nn.Module,
+    process: Process,
     space: StateSpace,
     operator: Operator,
     y: torch.Tensor,
     options: SamplerOptions,
-    generator: torch.Generator,
+    generator: torch.Generator | NoiseField,
     callback: Callback | None = None,
     tiling: Tiling | None = None,
+    precision: Precision = "32",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean and standard deviation (``None`` for one sample) over ``options.samples`` samples per input.
 
-    The samples run as one batch of ``K * B`` items (sample ``k`` of item ``b`` at ``k * B + b``).
+    Args:
+        y: ``(B, C, *spatial_lr)`` normalised low-resolution batch.
+        generator: source of every random draw: a ``torch.Generator`` (drawn in order), or a
+            positional :class:`NoiseField` (the streamed path's noise: same seed, same result).
+        callback: called after every network evaluation with ``(i, z, x0_hat)``.
+        tiling: run the network tile by tile, blending inside every step.
+        precision: network precision (autocast).
+
+    Returns:
+        ``(B, C, *spatial_hr)`` normalised mean and standard deviation.
     """
-    k = max(1, int(options.samples))
-    if k == 1:
-        return sample_sr(denoiser, process, space, operator, y, options, generator, callback, tiling), None
-    flips = [_flip_dims(i, y.ndim - 2) if options.flip_ensemble else () for i in range(k)]
-    batch = torch.cat([y.flip(f) if f else y for f in flips])
-    x = sample_sr(denoiser, process, space, operator, batch, options, generator, callback, tiling)
-    x = torch.stack([xi.flip(f) if f else xi for xi, f in zip(x.chunk(k), flips)])
-    return x.mean(0), x.std(0)
+    check_options(options, space)
+    acc: dict[str, Any] = {}
 
+    def draw(k: int, flips: tuple[int, ...]) -> None:
+        dims = [2 + d for d in flips]
+        yk = y.flip(dims) if flips else y
+        canvas = MemoryCanvas(denoiser, process, space, operator, yk, options, generator, k, tiling, precision)
+        sample_canvas(canvas, process, options, callback)
+        assert canvas.output is not None
+        x = canvas.output.flip(dims) if flips else canvas.output
+        if k == 0:
+            acc["mean"], acc["m2"] = x, torch.zeros_like(x)
+        else:
+            acc["mean"], acc["m2"] = welford(acc["mean"], acc["m2"], x, k)
 
-def _flip_dims(k: int, spatial_dims: int) -> tuple[int, ...]:
-    """Spatial dims (of a ``(B, C, *spatial)`` tensor) to mirror for ensemble member ``k``."""
-    return tuple(2 + d for d in range(spatial_dims) if (k % 2**spatial_dims) >> d & 1)
+    k = ensemble(options, y.ndim - 2, draw)
+    return acc["mean"], None if k == 1 else (acc["m2"] / (k - 1)).sqrt()
 
 
 @torch.no_grad()
 def sample_sr(
-    denoiser: UNetDenoiser,
-    process: GaussianProcess,
+    denoiser: torch.nn.Module,
+    process: Process,
     space: StateSpace,
     operator: Operator,
     y: torch.Tensor,
     options: SamplerOptions,
-    generator: torch.Generator,
+    generator: torch.Generator | NoiseField,
     callback: Callback | None = None,
     tiling: Tiling | None = None,
+    precision: Precision = "32",
 ) -> torch.Tensor:
-    """Draw one super-resolved sample per item of ``y`` (``options.samples`` is not looked at here).
-
-    Args:
-        y: ``(B, C, *spatial_lr)`` normalised low-resolution batch.
-        generator: source of every random draw (the prior and stochastic steps).
-        callback: called after every step with ``(i, z, x0_hat)``.
-        tiling: run the network tile by tile, blending inside every step.
-
-    Returns:
-        ``(B, C, *spatial_hr)`` normalised high-resolution sample.
-    """
-    hr_shape = operator.hr_shape(y.shape[2:])
-    cond = space.condition(y, hr_shape)
-    net = tiling.wrap(denoiser) if tiling is not None else denoiser
-    model_fn = classifier_free(net, process, cond, options.guidance_scale)
-    if options.consistency == "every_step":
-        model_fn = range_null_space(model_fn, process, space, operator, y, hr_shape)
-    shape = (y.shape[0], *space.state_shape(y.shape[1], hr_shape))
-    z = process.prior(shape, generator, y.device, y.dtype)
-    steps = options.steps
-    if options.t_start is not None:
-        # truncated start: noise an estimate of x0 to t_start and sample from there
-        if options.start == "regression":
-            t_top = torch.full((y.shape[0],), float(process.timesteps - 1), device=y.device)
-            estimate, _ = model_fn(z, t_top)
-            steps = max(1, steps - 1)
-            if callback is not None:
-                callback(-1, z, estimate)
-        else:
-            estimate = space.encode(upsample(y, hr_shape), y)
-        timesteps, alpha_bars = process.sampling_schedule(steps, options.t_start)
-        a, s = process.coefficients(timesteps[:1].expand(y.shape[0]), z)
-        noise = process.prior(shape, generator, y.device, y.dtype)
-        z = a * estimate + s * noise
-    else:
-        timesteps, alpha_bars = process.sampling_schedule(steps)
-    z = run_sampler(options.sampler, model_fn, z, timesteps, alpha_bars, options.eta, generator, callback)
-    x = space.decode(z, y, hr_shape)
-    if options.consistency != "none":
-        x = operator.project(x, y)
-    return x
+    """One super-resolved sample per item of ``y`` (the mean over ``options.samples`` when above 1)."""
+    return sample_sr_with_uncertainty(denoiser, process, space, operator, y, options, generator, callback, tiling, precision)[0]

@@ -1,43 +1,32 @@
-"""Guidance: wrappers around a model function ``(z, t) -> (x0_hat, eps_hat)``.
+"""Guidance: wrappers around a denoiser that shape what the sampler sees.
 
-* :func:`classifier_free` (Ho & Salimans, 2022): ``(1 - w) * uncond + w * cond`` on the network output.
-* :func:`range_null_space` (DDNM, Wang et al., 2023): replace the range-space part of ``x0_hat`` with
-  ``A^+ y`` at every step, so the prediction satisfies ``A x0_hat = y`` exactly.
+* :func:`classifier_free` (Ho & Salimans, 2022): ``(1 - w) * uncond + w * cond`` on the network
+  output, turned into ``(x0_hat, eps_hat)`` by the process.
+* DDNM data consistency (Wang et al., 2023) replaces the range-space part of ``x0_hat`` with
+  ``A^+ y`` at every step; the engine's loop applies it per cell
+  (:meth:`toolkit.engine.Canvas.consistent`) and :func:`require_linear` guards it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
-from toolkit.denoiser import UNetDenoiser
-from toolkit.operators import Operator
-from toolkit.process import GaussianProcess
+from toolkit.process import Process
 from toolkit.samplers import ModelFn
 from toolkit.spaces import StateSpace
-from toolkit.utils import append_dims
 
 
-def classifier_free(
-    denoiser: UNetDenoiser | nn.Module,
-    process: GaussianProcess,
-    cond: torch.Tensor,
-    guidance_scale: float = 1.0,
-) -> ModelFn:
-    """Model function for ``denoiser`` conditioned on ``cond``, with classifier-free guidance.
+def classifier_free(denoiser: nn.Module, process: Process, cond: torch.Tensor, guidance_scale: float = 1.0) -> ModelFn:
+    """Model function ``(z, t) -> (x0_hat, eps_hat)`` for ``denoiser`` conditioned on ``cond``, with CFG.
 
     ``guidance_scale = 1`` is the plain conditional model (one network call per step); any other
     ``w`` runs the conditional and the null-conditioned passes in one batch and returns
     ``(1 - w) * uncond + w * cond``.
     """
-    # looked up on the device (no host sync per step); MPS has no float64
-    alpha_bar = process.alpha_bar.to(cond.device, torch.float32 if cond.device.type == "mps" else torch.float64)
     w = float(guidance_scale)
 
     def model_fn(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ab = alpha_bar[t.long()]
         if w == 1.0:
             out = denoiser(z, t, cond)
         else:
@@ -45,33 +34,19 @@ def classifier_free(
             both = denoiser(torch.cat([z, z]), torch.cat([t, t]), torch.cat([cond, cond]), drop.to(z.device))
             out_c, out_u = both.chunk(2)
             out = (1 - w) * out_u + w * out_c
-        return process.predict(out, z, ab)
+        return process.predict(out, z, t)
 
     return model_fn
 
 
-def range_null_space(
-    model_fn: ModelFn,
-    process: GaussianProcess,
-    space: StateSpace,
-    operator: Operator,
-    y: torch.Tensor,
-    hr_shape: Sequence[int] | None = None,
-) -> ModelFn:
-    """DDNM data consistency: ``x0 <- x0 + A^+(y - A x0)`` in image space, then back to the state space.
+def require_linear(space: StateSpace) -> None:
+    """Every-step data consistency is exact only where decoding is affine in the state.
 
-    ``eps_hat`` is recomputed from the corrected ``x0_hat`` so the sampler's update stays on the
-    same noise level. Needs a linear state space for the correction to be exact.
+    Raises:
+        ValueError: ``space`` is not linear (a latent space's decoder is a network).
     """
-
-    def guided(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x0, eps = model_fn(z, t)
-        x = space.decode(x0, y, hr_shape)
-        x0_new = space.encode(operator.project(x, y), y)
-        # z = a x0 + s eps  =>  eps' = eps + a / s (x0 - x0')
-        ab = process.alpha_bar.to(t.device)[t.long()]
-        a = append_dims(ab.sqrt().to(z.dtype).to(z.device).reshape(-1), z.ndim)
-        s = append_dims((1 - ab).sqrt().to(z.dtype).to(z.device).reshape(-1), z.ndim)
-        return x0_new, eps + a / s * (x0 - x0_new)
-
-    return guided
+    if not space.linear:
+        raise ValueError(
+            f"consistency 'every_step' needs a linear state space; {type(space).__name__} is not "
+            "(its decoder is not affine in the state): use consistency 'final' or 'none'"
+        )

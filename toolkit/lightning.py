@@ -14,12 +14,11 @@ import torch.nn.functional as F
 
 from toolkit.checkpoint import CHECKPOINT_FORMAT
 from toolkit.denoiser import UNetDenoiser, fit_denoiser_to_space
-from toolkit.engine import Consistency, SamplerOptions, Start, sample_sr_with_uncertainty
+from toolkit.engine import SamplerOptions, sample_sr_with_uncertainty
 from toolkit.metrics import consistency_psnr, psnr, ssim
 from toolkit.normalization import Normalization
 from toolkit.operators import AreaDownsample, Operator
-from toolkit.process import GaussianProcess
-from toolkit.samplers import SamplerName
+from toolkit.process import GaussianProcess, Process
 from toolkit.spaces import ResidualSpace, StateSpace
 from toolkit.utils import make_generator, upsample
 
@@ -35,12 +34,13 @@ class DiffusionSR(pl.LightningModule):
         denoiser: the network.
         operator: the degradation ``y = A(x)``; default area downsampling by 2.
         space: where diffusion runs; default residual over interpolation.
-        process: forward process; default cosine Gaussian with x0 prediction.
+        process: forward process (any :class:`toolkit.process.Process`); default cosine Gaussian
+            with x0 prediction.
         normalization: data units to network units; default [0, 1] -> [-1, 1]. A datamodule
             with a ``normalization`` attribute overrides it at fit time.
-        sampler, sampling_steps, eta, guidance_scale, consistency, t_start, start, samples,
-            flip_ensemble: sampling
-            defaults stored in the checkpoint (see :class:`toolkit.engine.SamplerOptions`).
+        sampling: sampling defaults stored in the checkpoint, one typed block in configs
+            (:class:`toolkit.engine.SamplerOptions`: sampler, steps, eta, guidance_scale,
+            consistency, t_start, start, samples, flip_ensemble).
         lr: AdamW learning rate (linear warm-up over ``warmup_steps``, then constant).
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up.
@@ -55,17 +55,9 @@ class DiffusionSR(pl.LightningModule):
         denoiser: UNetDenoiser,
         operator: Operator | None = None,
         space: StateSpace | None = None,
-        process: GaussianProcess | None = None,
+        process: Process | None = None,
         normalization: Normalization | None = None,
-        sampler: SamplerName = "ddim",
-        sampling_steps: int = 20,
-        eta: float = 0.0,
-        guidance_scale: float = 1.0,
-        consistency: Consistency = "final",
-        t_start: int | None = None,
-        start: Start = "interpolation",
-        samples: int = 1,
-        flip_ensemble: bool = False,
+        sampling: SamplerOptions | None = None,
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
@@ -84,9 +76,7 @@ class DiffusionSR(pl.LightningModule):
             raise ValueError(f"operator has {self.operator.spatial_dims} spatial dims, denoiser {denoiser.spatial_dims}")
         self.process = process or GaussianProcess()
         self.normalization = normalization or Normalization()
-        self.options = SamplerOptions(
-            sampler, sampling_steps, eta, guidance_scale, consistency, t_start, start, samples, flip_ensemble
-        )
+        self.options = sampling or SamplerOptions()
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.ema_decay, self.cond_drop_prob = ema_decay, cond_drop_prob
         self.data_range, self.val_seed = data_range, val_seed
@@ -119,9 +109,11 @@ class DiffusionSR(pl.LightningModule):
         b = z0.shape[0]
         t = torch.randint(0, self.process.timesteps, (b,), device=z0.device)
         noise = torch.randn_like(z0)
-        z_t = self.process.q_sample(z0, t, noise)
+        cond = self.space.condition(y, x.shape[2:])
+        y_state = self.space.encode(upsample(y, x.shape[2:]), y) if self.process.conditional else None
+        z_t = self.process.q_sample(z0, t, noise, y_state)
         drop = torch.rand(b, device=z0.device) < self.cond_drop_prob
-        out = self.denoiser(z_t, t.float(), self.space.condition(y, x.shape[2:]), drop)
+        out = self.denoiser(z_t, t.float(), cond, drop)
         per_sample = F.mse_loss(out, self.process.target(z0, noise, t), reduction="none").flatten(1).mean(1)
         loss = (per_sample * self.process.loss_weights(t)).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=False)

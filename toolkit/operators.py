@@ -30,6 +30,17 @@ class Operator:
     #: ``A``, ``A_pinv`` and ``project`` on block-aligned windows equal the whole-array result
     block_local: bool = False
 
+    @property
+    def halo(self) -> int | None:
+        """High-resolution samples beyond a window whose values reach ``A`` inside it (windowed use).
+
+        ``A`` of a window widened by ``halo`` on each side equals the whole-array ``A`` inside the
+        window. 0 for block-local operators; ``None`` for a global operator (every low-resolution
+        sample depends on the whole axis, as in k-space truncation): only the whole array is exact.
+        Every operator declares it; there is no fallback.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not declare its halo")
+
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802 (paper notation)
         raise NotImplementedError
 
@@ -155,6 +166,8 @@ class AreaDownsample(SeparableOperator):
             m[i, i * f : (i + 1) * f] = 1.0 / f
         return m
 
+    halo = 0
+
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
         self.check_hr_shape(x.shape[2:])
         pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}.get(x.ndim - 2)
@@ -230,6 +243,11 @@ class GaussianDownsample(SeparableOperator):
                 m[i, k] += w
         return m / m.sum(dim=1, keepdim=True)
 
+    @property
+    def halo(self) -> int:
+        """The kernel's reach (``truncate * sigma``) plus a block (mirrored taps at a window's edge)."""
+        return math.ceil(self.truncate * max(self.sigma) + max(self.factors))
+
     def spec(self) -> dict[str, Any]:
         return {"type": "gaussian", "factors": list(self.factors), "sigma": list(self.sigma), "truncate": self.truncate}
 
@@ -248,6 +266,7 @@ class SliceAverage(SeparableOperator):
     """
 
     block_local = True
+    halo = 0
 
     def __init__(self, factor: int = 4, axis: int = -1, spatial_dims: int = 3, thickness: int | None = None) -> None:
         self.axis = axis % spatial_dims
@@ -306,6 +325,9 @@ class FourierCrop(SeparableOperator):
         phase = 2 * math.pi * k[None, None, :] * (pos[:, None, None] - j[None, :, None]) / n
         return torch.cos(phase).sum(-1) / n
 
+    #: every kept frequency spans the whole axis: only the whole array is exact
+    halo = None
+
     def spec(self) -> dict[str, Any]:
         return {"type": "fourier_crop", "factors": list(self.factors)}
 
@@ -326,10 +348,14 @@ _OPERATORS: dict[str, type[Operator]] = {
 
 
 def register_operator(name: str, cls: type[Operator]) -> None:
-    """Allow checkpoints to rebuild operator ``cls`` from a spec whose ``type`` is ``name``."""
+    """Allow checkpoints to rebuild operator ``cls`` from a spec whose ``type`` is ``name`` in this process.
+
+    A package's operators are found without importing it first when it declares them in its
+    ``diffsr.operators`` entry points (see :func:`toolkit.utils.build_from_spec`).
+    """
     _OPERATORS[name] = cls
 
 
 def operator_from_spec(spec: dict[str, Any]) -> Operator:
     """Rebuild an operator from :meth:`Operator.spec` data (only known, registered types)."""
-    return build_from_spec(_OPERATORS, spec, "operator")
+    return build_from_spec(_OPERATORS, spec, "operator", group="diffsr.operators")

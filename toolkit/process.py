@@ -1,20 +1,107 @@
-"""Gaussian diffusion process (DDPM / VP) with linear or cosine schedules and eps / x0 / v outputs."""
+"""Forward processes: the corruption a model learns to undo, its prior, and the schedule samplers walk.
+
+The :class:`Process` contract is what the rest of the engine sees of a process; nothing outside
+this module indexes ``alpha_bar`` or writes its square roots:
+
+* :meth:`Process.sampling_schedule` gives the noise levels a sampler walks (a :class:`Schedule`
+  of network timesteps and the ``alpha``, ``sigma`` of ``z_t = alpha x0 + sigma eps``, float64 on
+  the CPU, ending at the clean state);
+* :meth:`Process.q_sample` corrupts a clean state, :meth:`Process.prior` draws the start state;
+* :meth:`Process.target` is what the network learns, :meth:`Process.predict` turns its output
+  into ``(x0_hat, eps_hat)``, :meth:`Process.eps_from_x0` keeps the pair consistent when a
+  guidance step changes ``x0_hat``, and :meth:`Process.loss_weights` weights the loss;
+* :meth:`Process.spec` is plain data with a ``type``; :func:`process_from_spec` rebuilds it.
+
+Per-step tables live in float64 on the CPU; what reaches a device is a copy in float64 where the
+device has it and float32 where it does not (Apple MPS), made once per device.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from toolkit.utils import append_dims
+from toolkit.utils import append_dims, build_from_spec, device_table
 
-Schedule = Literal["linear", "cosine"]
+Schedule_ = Literal["linear", "cosine"]
 Parameterization = Literal["eps", "x0", "v"]
 Weighting = Literal["none", "min_snr"]
 
 
-def alpha_bar_schedule(kind: Schedule, timesteps: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class Schedule:
+    """The noise levels of one sampling run, from the start to the clean state (float64 on the CPU).
+
+    Attributes:
+        t: network timestep of each of the ``N`` steps (decreasing).
+        alpha: ``N + 1`` signal coefficients of ``z = alpha x0 + sigma eps``; the last is the clean state's 1.
+        sigma: ``N + 1`` noise coefficients; the last is 0.
+    """
+
+    t: tuple[float, ...]
+    alpha: tuple[float, ...]
+    sigma: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def log_snr(self, i: int) -> float:
+        """``lambda_i = log(alpha_i / sigma_i)`` (DPM-Solver's time variable); ``inf`` at the clean state."""
+        return math.inf if self.sigma[i] == 0 else math.log(self.alpha[i] / self.sigma[i])
+
+
+class Process:
+    """The contract of a forward process (see the module docstring). Subclasses set :attr:`kind`."""
+
+    #: the ``type`` of :meth:`spec`
+    kind: ClassVar[str]
+    #: number of discrete training timesteps ``T``
+    timesteps: int
+    #: whether :meth:`q_sample` and :meth:`prior` use ``y``: the interpolated input in the state
+    #: space (``space.encode(up(y), y)``), as processes that start from the input do (residual
+    #: shifting, bridges); the engine computes it only for such processes
+    conditional: ClassVar[bool] = False
+
+    def sampling_schedule(self, steps: int, t_start: int | None = None) -> Schedule:
+        """``steps`` noise levels from ``t_start`` (default ``T - 1``) down to the clean state."""
+        raise NotImplementedError
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """A draw of ``z_t`` given ``x0`` ``(B, C, *S)``, timesteps ``t`` ``(B,)`` and standard normal ``noise``.
+
+        ``y`` is the interpolated input in the state space (see :attr:`conditional`).
+        """
+        raise NotImplementedError
+
+    def prior(self, noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The start state ``z_T`` made from standard normal ``noise`` (and the condition, for processes that need it)."""
+        raise NotImplementedError
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network is trained to output."""
+        raise NotImplementedError
+
+    def predict(self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network output ``out`` at state ``z_t`` and timesteps ``t`` ``(B,)`` as ``(x0_hat, eps_hat)``."""
+        raise NotImplementedError
+
+    def eps_from_x0(self, z_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The ``eps_hat`` that goes with ``x0`` at ``z_t`` (after a guidance step moved ``x0_hat``)."""
+        raise NotImplementedError
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss weights ``(B,)`` in the network-target units."""
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def alpha_bar_schedule(kind: Schedule_, timesteps: int) -> torch.Tensor:
     """Cumulative signal fraction ``alpha_bar[t]`` for ``t = 0 .. T-1`` in float64.
 
     ``linear``: DDPM (Ho et al., 2020), betas from 1e-4 to 0.02 scaled to ``T = 1000``.
@@ -35,7 +122,7 @@ def alpha_bar_schedule(kind: Schedule, timesteps: int) -> torch.Tensor:
     return torch.cumprod(1 - betas, dim=0)
 
 
-class GaussianProcess:
+class GaussianProcess(Process):
     """Variance-preserving forward process ``z_t = sqrt(ab_t) z_0 + sqrt(1 - ab_t) eps`` (DDPM).
 
     Args:
@@ -48,9 +135,11 @@ class GaussianProcess:
         min_snr_gamma: the ``gamma`` of ``min_snr``.
     """
 
+    kind = "gaussian"
+
     def __init__(
         self,
-        schedule: Schedule = "cosine",
+        schedule: Schedule_ = "cosine",
         timesteps: int = 1000,
         parameterization: Parameterization = "x0",
         loss_weighting: Weighting = "none",
@@ -58,93 +147,128 @@ class GaussianProcess:
     ) -> None:
         if parameterization not in ("eps", "x0", "v"):
             raise ValueError(f"unknown parameterization {parameterization!r}")
+        if loss_weighting not in ("none", "min_snr"):
+            raise ValueError(f"unknown loss weighting {loss_weighting!r}")
         self.schedule = schedule
         self.timesteps = int(timesteps)
         self.parameterization = parameterization
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = float(min_snr_gamma)
         self.alpha_bar = alpha_bar_schedule(schedule, self.timesteps)
+        #: ``(sqrt(ab), sqrt(1 - ab))`` per timestep, float64 on the CPU; device copies in ``_tables``
+        self._coef = torch.stack([self.alpha_bar.sqrt(), (1 - self.alpha_bar).sqrt()])
+        self._tables: dict[torch.device, torch.Tensor] = {}
 
     # --- coefficients ---------------------------------------------------------------------
+    def _table(self, device: torch.device) -> torch.Tensor:
+        if device not in self._tables:
+            self._tables[device] = device_table(self._coef, device)
+        return self._tables[device]
+
     def coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``sqrt(ab_t)`` and ``sqrt(1 - ab_t)`` for integer timesteps ``t`` (B,), shaped to broadcast on ``like``."""
-        ab = self.alpha_bar.to(t.device)[t.long()]
-        a = append_dims(ab.sqrt().to(like.dtype), like.ndim)
-        s = append_dims((1 - ab).sqrt().to(like.dtype), like.ndim)
-        return a, s
+        """``sqrt(ab_t)`` and ``sqrt(1 - ab_t)`` for timesteps ``t`` (B,), in ``like``'s dtype, shaped to broadcast on it.
 
-    def q_sample(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Draw ``z_t ~ q(z_t | z_0)`` for integer timesteps ``t`` (B,) with the given ``noise``."""
-        a, s = self.coefficients(t, z0)
-        return a * z0 + s * noise
+        Looked up on ``like``'s device (no host synchronisation per step).
+        """
+        coef = self._table(like.device)[:, t.to(like.device).long()].to(like.dtype)
+        return append_dims(coef[0], like.ndim), append_dims(coef[1], like.ndim)
 
-    def prior(self, shape: tuple[int, ...], generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """A draw from ``p(z_T) = N(0, I)``."""
-        z = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
-        return z.to(device=device, dtype=dtype)
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        a, s = self.coefficients(t, x0)
+        return a * x0 + s * noise
+
+    def prior(self, noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``p(z_T) = N(0, I)``: the noise itself."""
+        return noise
 
     # --- parameterizations ---------------------------------------------------------------
-    def target(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """What the network is trained to output."""
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.parameterization == "eps":
             return noise
         if self.parameterization == "x0":
-            return z0
-        a, s = self.coefficients(t, z0)
-        return a * noise - s * z0
+            return x0
+        a, s = self.coefficients(t, x0)
+        return a * noise - s * x0
 
-    def predict(self, out: torch.Tensor, z_t: torch.Tensor, alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Convert a network output into ``(x0_hat, eps_hat)``.
-
-        Args:
-            out: network output, same shape as ``z_t``.
-            z_t: noisy state.
-            alpha_bar: ``(B,)`` or scalar ``ab_t`` (any float dtype).
-        """
-        ab = append_dims(torch.as_tensor(alpha_bar, device=z_t.device, dtype=torch.float64).reshape(-1), z_t.ndim)
-        a = ab.sqrt().to(z_t.dtype)
-        s = (1 - ab).sqrt().to(z_t.dtype)
+    def predict(self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, s = self.coefficients(t, z_t)
         if self.parameterization == "eps":
             return (z_t - s * out) / a, out
         if self.parameterization == "x0":
             return out, (z_t - a * out) / s
         return a * z_t - s * out, s * z_t + a * out
 
+    def eps_from_x0(self, z_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s = self.coefficients(t, z_t)
+        return (z_t - a * x0) / s
+
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss weights (B,) in the network-target units."""
         if self.loss_weighting == "none":
             return torch.ones(t.shape, device=t.device)
-        ab = self.alpha_bar.to(t.device)[t.long()]
+        ab = self.alpha_bar[t.long().cpu()]
         snr = ab / (1 - ab)
         w = snr.clamp(max=self.min_snr_gamma)
         if self.parameterization == "eps":
             w = w / snr
         elif self.parameterization == "v":
             w = w / (snr + 1)
-        return w.float()
+        return w.float().to(t.device)
 
     # --- sampling schedule ----------------------------------------------------------------
-    def sampling_schedule(self, steps: int, t_start: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Evenly spaced timesteps from ``t_start`` (default ``T - 1``) down to 0 and their ``alpha_bar``.
-
-        Returns:
-            ``timesteps`` (N,) long, decreasing, and ``alpha_bars`` (N + 1,) float64 with a final 1.0
-            (the clean state) appended.
-        """
+    def timestep_grid(self, steps: int, t_start: int | None = None) -> list[int]:
+        """Evenly spaced integer timesteps from ``t_start`` (default ``T - 1``) down to 0, without repeats."""
         top = self.timesteps - 1 if t_start is None else int(t_start)
         if not 0 <= top < self.timesteps:
             raise ValueError(f"t_start must be in [0, {self.timesteps - 1}]")
         steps = max(1, min(int(steps), top + 1))
         ts = torch.linspace(top, 0, steps, dtype=torch.float64).round().long()
-        ts = torch.unique_consecutive(ts)
-        abs_ = torch.cat([self.alpha_bar[ts], torch.ones(1, dtype=torch.float64)])
-        return ts, abs_
+        return [int(t) for t in torch.unique_consecutive(ts)]
+
+    def sampling_schedule(self, steps: int, t_start: int | None = None) -> Schedule:
+        ts = self.timestep_grid(steps, t_start)
+        ab = [float(self.alpha_bar[t]) for t in ts] + [1.0]
+        return Schedule(
+            t=tuple(float(t) for t in ts),
+            alpha=tuple(math.sqrt(a) for a in ab),
+            sigma=tuple(math.sqrt(1 - a) for a in ab),
+        )
 
     def spec(self) -> dict[str, Any]:
         return {
+            "type": self.kind,
             "schedule": self.schedule,
             "timesteps": self.timesteps,
             "parameterization": self.parameterization,
             "loss_weighting": self.loss_weighting,
             "min_snr_gamma": self.min_snr_gamma,
         }
+
+
+_PROCESSES: dict[str, type[Process]] = {"gaussian": GaussianProcess}
+
+
+def register_process(name: str, cls: type[Process]) -> None:
+    """Allow checkpoints to rebuild process ``cls`` from a spec whose ``type`` is ``name`` in this process.
+
+    Packages declare processes of their own in the ``diffsr.processes`` entry points instead.
+    """
+    _PROCESSES[name] = cls
+
+
+def process_names() -> list[str]:
+    """The processes a checkpoint may name."""
+    return sorted(_PROCESSES)
+
+
+def process_from_spec(spec: dict[str, Any]) -> Process:
+    """Rebuild a process from :meth:`Process.spec` data (only known, registered types).
+
+    Checkpoints written before processes had a ``type`` stored the Gaussian process's arguments
+    alone: a spec without ``type`` is a :class:`GaussianProcess`.
+    """
+    return build_from_spec(_PROCESSES, {"type": "gaussian", **spec}, "process", group="diffsr.processes")
+
+
+def timesteps_like(t: float | Sequence[float], z: torch.Tensor) -> torch.Tensor:
+    """Network timesteps ``(B,)`` float32 on ``z``'s device for a scalar (or per-sample) ``t``."""
+    return torch.as_tensor(t, dtype=torch.float32, device=z.device).expand(z.shape[0]).contiguous()

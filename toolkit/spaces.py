@@ -197,4 +197,6 @@ def register_space(name: str, cls: type[StateSpace]) -> None:
 
 def space_from_spec(spec: dict[str, Any]) -> StateSpace:
     """Rebuild a state space from :meth:`StateSpace.spec` data (only known, registered types)."""
-    return build_from_spec(_SPACES, spec, "state space")
+    if spec.get("type") == "latent" and "latent" not in _SPACES:
+        import toolkit.latent  # noqa: F401 - the latent space (MONAI autoencoders) loads on demand
+    return build_from_spec(_SPACES, spec, "state space", group="diffsr.spaces")

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from toolkit.checkpoint import SRModel, upscale_any_size
-from toolkit.engine import SamplerOptions, _flip_dims
+from toolkit.engine import Canvas, Precision, SamplerOptions, check_options, ensemble, network_calls, network_precision, sample_canvas, welford
 from toolkit.guidance import classifier_free
-from toolkit.samplers import ddim_coefficients, dpmpp_2m_update
+from toolkit.noise import NoiseField
 from toolkit.tiling import Tiling, gaussian_weight, tile_starts
 from toolkit.utils import make_generator, upsample
 
@@ -122,34 +122,6 @@ class DiskArray(StateArray):
     def zero(self) -> None:
         with open(self.path, "wb") as f:  # a sparse file of zeros
             f.truncate(self.nbytes)
-
-
-# --- noise field ---------------------------------------------------------------------------------
-class NoiseField:
-    """Standard normal noise over an unbounded grid, the same wherever it is read from.
-
-    Block ``b`` (``block`` samples per axis) of draw ``key`` comes from
-    ``numpy.random.default_rng((seed, *key, *b))``.
-    """
-
-    def __init__(self, seed: int, channels: int, block: int = 32) -> None:
-        self.seed, self.channels, self.block = int(seed), int(channels), int(block)
-
-    def region(self, key: Sequence[int], lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
-        """Noise of draw ``key`` over ``[lo, hi)``: ``(C, *(hi - lo))`` float32."""
-        b = self.block
-        out = np.empty((self.channels, *(h - a0_ for a0_, h in zip(lo, hi))), dtype=np.float32)
-        ranges = [range(a0_ // b, (h - 1) // b + 1) for a0_, h in zip(lo, hi)]
-        for idx in itertools.product(*ranges):
-            rng = np.random.default_rng([self.seed, *[int(k) for k in key], *idx])
-            block = rng.standard_normal((self.channels, *([b] * len(idx))), dtype=np.float32)
-            src, dst = [slice(None)], [slice(None)]
-            for i, a0_, h in zip(idx, lo, hi):
-                a, e = max(i * b, a0_), min((i + 1) * b, h)
-                src.append(slice(a - i * b, e - i * b))
-                dst.append(slice(a - a0_, e - a0_))
-            out[tuple(dst)] = block[tuple(src)]
-        return out
 
 
 # --- geometry ------------------------------------------------------------------------------------
@@ -246,7 +218,158 @@ class StreamLayout:
         return out
 
 
-# --- the sampler ---------------------------------------------------------------------------------
+# --- the streamed canvas -----------------------------------------------------------------------------
+class StreamCanvas(Canvas):
+    """One ensemble member's sampling state over a :class:`StreamLayout`, read and written cell by cell.
+
+    The engine's loop (:func:`toolkit.engine.sample_canvas`) drives it exactly as it drives the
+    in-memory canvas; what differs is only where the state lives (float32 arrays, in memory or on
+    disk), how the network sees it (overlapping tiles whose ``x0`` predictions are blended with
+    Gaussian weights into ``acc``) and how noise is drawn (the positional field, keyed by
+    ``(member, draw)``).
+    """
+
+    def __init__(
+        self,
+        model: SRModel,
+        layout: StreamLayout,
+        frame: _Frame,
+        lr_shape: tuple[int, ...],
+        options: SamplerOptions,
+        noise: NoiseField,
+        member: int,
+        arrays: Callable[[str, int, Sequence[int]], StateArray],
+        fields: dict[str, StateArray],
+        emit_region: Callable[[Region, np.ndarray], None],
+        tiling: Tiling,
+        precision: Precision,
+        whole_projection: bool,
+        read_whole_lr: Callable[[], np.ndarray],
+    ) -> None:
+        self.model, self.layout, self.frame, self.lr_shape = model, layout, frame, lr_shape
+        self.options, self.field, self.member = options, noise, member
+        self.arrays, self.fields, self.emit_region = arrays, fields, emit_region
+        self.tiling, self.precision, self.read_whole_lr = tiling, precision, read_whole_lr
+        self.device = next(model.denoiser.parameters()).device
+        self.hr_shape = model.operator.hr_shape(lr_shape)
+        self.factors = model.operator.factors
+        self.m_hr = [LR_MARGIN * f for f in self.factors]
+        self.cells = layout.cells
+        self.whole = MemoryArray((model.channels, *self.hr_shape)) if whole_projection else None
+        self.regions: list[Region] = []
+
+    # -- storage --------------------------------------------------------------------------------
+    def allocate(self, names: Sequence[str]) -> None:
+        cz = self.model.denoiser.state_channels
+        for name in [*names, "acc"]:
+            if name != "x0" and name not in self.fields:
+                self.fields[name] = self.arrays(name, cz, self.layout.shape)
+        if "norm" not in self.fields:
+            self.fields["norm"] = self.arrays("norm", 1, self.layout.shape)
+            for cell in self.layout.cells:
+                self.fields["norm"].write(cell, self.layout.norm(cell))
+
+    def _tensor(self, arr: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(arr))[None].to(self.device)
+
+    def read(self, name: str, cell: Region) -> torch.Tensor:
+        if name == "x0":  # the blended prediction
+            return self._tensor(self.fields["acc"].read(cell) / self.fields["norm"].read(cell))
+        return self._tensor(self.fields[name].read(cell))
+
+    def write(self, name: str, cell: Region, value: torch.Tensor) -> None:
+        self.fields[name].write(cell, value[0].float().cpu().numpy())
+
+    def noise(self, draw: int, cell: Region) -> torch.Tensor:
+        lo, hi = _bounds(cell)
+        return self._tensor(self.field.region((self.member, draw), lo, hi))
+
+    # -- windows --------------------------------------------------------------------------------
+    def lr_window(self, lo: Sequence[int], hi: Sequence[int]) -> torch.Tensor:
+        """Normalised low-resolution input over HR ``[lo, hi)`` widened by the margin, ``(1, C, *)``."""
+        llo = [a // f - LR_MARGIN for a, f in zip(lo, self.factors)]
+        lhi = [h // f + LR_MARGIN for h, f in zip(hi, self.factors)]
+        y = read_padded(self.frame.read, self.lr_shape, llo, lhi)
+        return self.model.normalization.normalize(torch.from_numpy(np.ascontiguousarray(y))[None].to(self.device))
+
+    def widened(self, lo: Sequence[int], hi: Sequence[int]) -> tuple[list[int], Region]:
+        """The widened window's shape and the crop back to ``[lo, hi)``."""
+        shape = [h - a + 2 * m for a, h, m in zip(lo, hi, self.m_hr)]
+        inner = (slice(None), slice(None), *_region(self.m_hr, [m + h - a for m, a, h in zip(self.m_hr, lo, hi)]))
+        return shape, inner
+
+    def decode_window(self, z: torch.Tensor, cell: Region) -> tuple[torch.Tensor, torch.Tensor, Region]:
+        """Decode a state window: the widened image, the widened LR and the crop back."""
+        lo, hi = _bounds(cell)
+        y = self.lr_window(lo, hi)
+        _, inner = self.widened(lo, hi)
+        pads = [m for m in reversed(self.m_hr) for _ in (0, 1)]
+        zt = torch.nn.functional.pad(z, pads, mode="replicate") if any(self.m_hr) else z
+        return self.model.space.decode(zt, y), y, inner
+
+    # -- the loop's questions -------------------------------------------------------------------
+    def predict(self, t: float) -> None:
+        """Blend the guided network's ``x0`` over all tiles into ``acc``."""
+        acc, layout, space = self.fields["acc"], self.layout, self.model.space
+        acc.zero()
+        per_call = max(1, self.tiling.batch)
+        for start in range(0, len(layout.tiles), per_call):
+            tiles = layout.tiles[start : start + per_call]
+            zs, cs = [], []
+            for tile in tiles:
+                lo, hi = _bounds(tile)
+                zs.append(self.read("z", tile)[0])
+                shape, inner = self.widened(lo, hi)
+                cs.append(space.condition(self.lr_window(lo, hi), shape)[inner][0])
+            zb, cb = torch.stack(zs), torch.stack(cs)
+            model_fn = classifier_free(self.model.denoiser, self.model.process, cb, self.options.guidance_scale)
+            with network_precision(self.device, self.precision):
+                x0, _ = model_fn(zb, torch.full((len(tiles),), float(t), device=self.device))
+            x0_np = x0.float().cpu().numpy()
+            for j, tile in enumerate(tiles):
+                acc.add(tile, x0_np[j] * layout.weight)
+
+    def interpolated(self, cell: Region) -> torch.Tensor:
+        lo, hi = _bounds(cell)
+        y = self.lr_window(lo, hi)
+        shape, inner = self.widened(lo, hi)
+        return self.model.space.encode(upsample(y, shape), y)[inner]
+
+    def consistent(self, x0: torch.Tensor, cell: Region) -> torch.Tensor:
+        x, y, inner = self.decode_window(x0, cell)
+        return self.model.space.encode(self.model.operator.project(x, y), y)[inner]
+
+    def emit(self, cell: Region, z: torch.Tensor) -> None:
+        lo, hi = _bounds(cell)
+        if any(a >= n for a, n in zip(lo, self.hr_shape)):
+            return  # padding only
+        x, y, inner = self.decode_window(z, cell)
+        if self.options.consistency != "none" and self.whole is None:
+            x = self.model.operator.project(x, y)  # exact inside the window for block-local operators
+        x_np = self.model.normalization.denormalize(x[inner])[0].float().cpu().numpy()
+        hi_c = [min(h, n) for h, n in zip(hi, self.hr_shape)]
+        x_np = x_np[(slice(None), *(slice(0, h - a) for a, h in zip(lo, hi_c)))]
+        region = self.frame.out_region(_region(lo, hi_c), self.hr_shape)
+        if self.whole is not None:
+            self.whole.write(region, self.frame.out_value(x_np))
+            self.regions.append(region)
+        else:
+            self.emit_region(region, self.frame.out_value(x_np))
+
+    def finish(self) -> None:
+        if self.whole is None:
+            return
+        # the whole sample projected at once, in data units (the normalisation is an affine map per
+        # channel and these operators act per channel and keep constants)
+        everything = tuple(slice(0, n) for n in self.hr_shape)
+        x_all = torch.from_numpy(self.whole.read(everything))[None].double()
+        y_all = torch.from_numpy(np.asarray(self.read_whole_lr(), dtype=np.float64))[None]
+        x_all = self.model.operator.project(x_all, y_all)[0].float().numpy()
+        for region in self.regions:
+            self.emit_region(region, x_all[(slice(None), *region)])
+
+
+# --- the sampler -----------------------------------------------------------------------------------
 def stream_upscale(
     model: SRModel,
     read_lr: ReadLR,
@@ -258,7 +381,7 @@ def stream_upscale(
     write_std: WriteHR | None = None,
     workdir: str | Path | None = None,
     progress: bool = False,
-    precision: str = "32",
+    precision: Precision = "32",
     state: Literal["auto", "memory", "disk"] = "auto",
     memory_limit_mb: float = 64.0,
     noise_block: int = 32,
@@ -273,8 +396,8 @@ def stream_upscale(
         lr_shape: spatial shape of the low-resolution input.
         write_hr: receives ``(region, (C, *window))`` float32 in data units for non-overlapping
             regions that cover the output once (the mean over ``options.samples`` samples).
-        options: sampler options (``ddim``/``ddpm``/``dpmpp``, steps, truncated start, guidance,
-            consistency, samples, flip ensemble).
+        options: sampler options (any registered sampler, steps, truncated start, guidance,
+            consistency, samples, flip ensemble), as in memory.
         seed: seed of the noise field.
         tiling: tile size and overlap (rounded to multiples of the network's downsampling and the
             operator's factors) and tiles per network call.
@@ -292,40 +415,32 @@ def stream_upscale(
     tile (:func:`toolkit.checkpoint.upscale_any_size`), and the output written once.
 
     Raises:
-        ValueError: DDNM consistency at every step with an operator that is not block-local.
+        ValueError: DDNM consistency at every step with an operator that is not block-local, or
+            with a state space that is not linear.
     """
+    check_options(options, model.space)
     if model.space.stride != 1:
         _upscale_whole(model, read_lr, lr_shape, write_hr, options, seed, tiling, write_std, progress, precision)
         return
-    op, space, process, norm = model.operator, model.space, model.process, model.normalization
-    denoiser = model.denoiser
-    device = next(denoiser.parameters()).device
+    op, denoiser = model.operator, model.denoiser
     lr_shape = tuple(int(n) for n in lr_shape)
     hr_shape = op.hr_shape(lr_shape)
-    factors = op.factors
     if options.consistency == "every_step" and not op.block_local:
         raise ValueError(
             f"consistency 'every_step' with a streamed {type(op).__name__} is not supported (not block-local)"
         )
-    layout = StreamLayout(hr_shape, factors, denoiser.multiple, tiling)
-    nd, cz = len(hr_shape), denoiser.state_channels
+    layout = StreamLayout(hr_shape, op.factors, denoiser.multiple, tiling)
     k_samples = max(1, int(options.samples))
-    noise = NoiseField(seed, cz, noise_block)
-    timesteps, alpha_bars = process.sampling_schedule(
-        max(1, options.steps - 1) if options.t_start is not None and options.start == "regression" else options.steps,
-        options.t_start,
-    )
-    ab_all = alpha_bars.tolist()
-    autocast_dtype = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    n_arrays = 2 + (options.sampler == "dpmpp") + (2 if k_samples > 1 else 0)
-    nbytes = 4 * (cz * n_arrays + 1) * math.prod(layout.shape)
+    noise = NoiseField(seed, denoiser.state_channels, noise_block)
+    n_arrays = 3 + 2 + (2 if k_samples > 1 else 0)  # z, acc, history (up to 2), mean and m2
+    nbytes = 4 * (denoiser.state_channels * n_arrays + 1) * math.prod(layout.shape)
     on_disk = state == "disk" or (state == "auto" and nbytes > memory_limit_mb * 2**20)
-    m_hr = [LR_MARGIN * f for f in factors]
     whole_projection = (
         options.consistency != "none"
         and not op.block_local
         and 4 * model.channels * math.prod(hr_shape) <= exact_projection_mb * 2**20
     )
+    n_calls = network_calls(model.process, options)
 
     from tqdm.auto import tqdm
 
@@ -339,191 +454,42 @@ def stream_upscale(
                 return MemoryArray((channels, *shape))
             return DiskArray(os.path.join(folder, name), (channels, *shape))
 
-        z_arr, acc = array("z", cz, layout.shape), array("acc", cz, layout.shape)
-        norm_arr = array("norm", 1, layout.shape)
-        for cell in layout.cells:
-            norm_arr.write(cell, layout.norm(cell))
-        x0_prev = array("x0_prev", cz, layout.shape) if options.sampler == "dpmpp" else None
+        fields: dict[str, StateArray] = {}
         mean = array("mean", model.channels, hr_shape) if k_samples > 1 else None
         m2 = array("m2", model.channels, hr_shape) if k_samples > 1 else None
-        n_model_calls = len(timesteps) + (options.t_start is not None and options.start == "regression")
         bar = stack.enter_context(
-            tqdm(total=k_samples * n_model_calls, desc="sampling", unit="step", disable=not progress, leave=False)
+            tqdm(total=k_samples * n_calls, desc="sampling", unit="step", disable=not progress, leave=False)
         )
+        whole_lr = tuple(slice(0, n) for n in lr_shape)
 
-        for k in range(k_samples):
-            flips = tuple(d - 2 for d in _flip_dims(k, nd)) if options.flip_ensemble else ()
-            frame = _Frame(read_lr, lr_shape, flips)
-
-            def lr_window(lo: Sequence[int], hi: Sequence[int], frame: _Frame = frame) -> torch.Tensor:
-                """Normalised low-resolution input over HR ``[lo, hi)`` widened by the margin, ``(1, C, *)``."""
-                llo = [a0_ // f - LR_MARGIN for a0_, f in zip(lo, factors)]
-                lhi = [h // f + LR_MARGIN for h, f in zip(hi, factors)]
-                y = read_padded(frame.read, lr_shape, llo, lhi)
-                return norm.normalize(torch.from_numpy(np.ascontiguousarray(y))[None].to(device))
-
-            def widened(lo: Sequence[int], hi: Sequence[int]) -> tuple[list[int], list[int], Region]:
-                wlo = [a0_ - m for a0_, m in zip(lo, m_hr)]
-                whi = [h + m for h, m in zip(hi, m_hr)]
-                inner = (slice(None), slice(None), *_region(m_hr, [m + h - a0_ for m, a0_, h in zip(m_hr, lo, hi)]))
-                return wlo, whi, inner
-
-            def cond_window(lo: Sequence[int], hi: Sequence[int]) -> torch.Tensor:
-                """Interpolated condition over ``[lo, hi)`` ``(1, C, *)``."""
-                y = lr_window(lo, hi)
-                wlo, whi, inner = widened(lo, hi)
-                return space.condition(y, [h - a0_ for a0_, h in zip(wlo, whi)])[inner]
-
-            def decode_window(
-                z: np.ndarray, lo: Sequence[int], hi: Sequence[int]
-            ) -> tuple[torch.Tensor, torch.Tensor, Region]:
-                """Decode a state window: returns the widened image, the widened LR and the crop back."""
-                y = lr_window(lo, hi)
-                wlo, whi, inner = widened(lo, hi)
-                zt = torch.from_numpy(z)[None].to(device)
-                pads = []
-                for m in reversed(m_hr):
-                    pads += [m, m]
-                zt = torch.nn.functional.pad(zt, pads, mode="replicate") if any(m_hr) else zt
-                return space.decode(zt, y), y, inner
-
-            def run_network(t_value: int) -> None:
-                """Blend the network's ``x0`` over all tiles into ``acc`` (``acc`` zeroed first)."""
-                acc.zero()
-                t_tensor = torch.full((1,), float(t_value), device=device)
-                per_call = max(1, tiling.batch)
-                for start in range(0, len(layout.tiles), per_call):
-                    tiles = layout.tiles[start : start + per_call]
-                    zs, cs = [], []
-                    for tile in tiles:
-                        lo, hi = _bounds(tile)
-                        zs.append(torch.from_numpy(z_arr.read(tile)).to(device))
-                        cs.append(cond_window(lo, hi)[0])
-                    zb, cb = torch.stack(zs), torch.stack(cs)
-                    model_fn = classifier_free(denoiser, process, cb, options.guidance_scale)
-                    with (
-                        torch.no_grad(),
-                        torch.autocast(
-                            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-                        ),
-                    ):
-                        x0, _ = model_fn(zb, t_tensor.expand(len(tiles)))
-                    x0 = x0.float().cpu().numpy()
-                    for j, tile in enumerate(tiles):
-                        acc.add(tile, x0[j] * layout.weight)
-                bar.update(1)
-
-            def blended(cell: Region) -> np.ndarray:
-                return acc.read(cell) / norm_arr.read(cell)
-
-            # -- start ------------------------------------------------------------------------
-            for cell in layout.cells:
-                lo, hi = _bounds(cell)
-                z_arr.write(cell, noise.region((k, 0), lo, hi))
-            if options.t_start is not None:
-                if options.start == "regression":
-                    run_network(process.timesteps - 1)
-                a0, s0 = math.sqrt(ab_all[0]), math.sqrt(1 - ab_all[0])
-                for cell in layout.cells:
-                    lo, hi = _bounds(cell)
-                    if options.start == "regression":
-                        estimate = blended(cell)
-                    else:  # SDEdit: the interpolated input, encoded
-                        y = lr_window(lo, hi)
-                        wlo, whi, inner = widened(lo, hi)
-                        estimate = (
-                            space.encode(upsample(y, [h - a0_ for a0_, h in zip(wlo, whi)]), y)[inner][0].cpu().numpy()
-                        )
-                    z_arr.write(cell, a0 * estimate + s0 * noise.region((k, 1), lo, hi))
-
-            # -- steps ------------------------------------------------------------------------
-            h_prev = 0.0
-            for i, t in enumerate(timesteps.tolist()):
-                run_network(t)
-                ab, ab_next = ab_all[i], ab_all[i + 1]
-                a, s = math.sqrt(ab), math.sqrt(1 - ab)
-                h_step = 0.0
-                for cell in layout.cells:
-                    lo, hi = _bounds(cell)
-                    x0 = blended(cell)
-                    z = z_arr.read(cell)
-                    if options.consistency == "every_step":
-                        # DDNM: project the decoded x0 onto {x : A x = y}; eps follows so z is unchanged
-                        x, y, inner = decode_window(x0, lo, hi)
-                        x0_new = space.encode(op.project(x, y), y)[inner][0].cpu().numpy()
-                        eps = (z - a * x0) / s + a / s * (x0 - x0_new)
-                        x0 = x0_new
-                    else:
-                        eps = (z - a * x0) / s
-                    if options.sampler == "dpmpp":
-                        assert x0_prev is not None
-                        prev = torch.from_numpy(x0_prev.read(cell)) if i > 0 else None
-                        z_new, h_step = dpmpp_2m_update(
-                            torch.from_numpy(z), torch.from_numpy(x0), prev, ab, ab_next, h_prev
-                        )
-                        z_new_np = z_new.numpy()
-                        x0_prev.write(cell, x0)
-                    else:
-                        eta = 1.0 if options.sampler == "ddpm" else options.eta
-                        c_x0, c_eps, sigma = ddim_coefficients(ab, ab_next, eta)
-                        z_new_np = c_x0 * x0 + c_eps * eps
-                        if sigma > 0:
-                            z_new_np = z_new_np + sigma * noise.region((k, 2 + i), lo, hi)
-                    z_arr.write(cell, z_new_np.astype(np.float32))
-                h_prev = h_step or h_prev
-
-            def emit(region: Region, value: np.ndarray, k: int = k) -> None:
+        def draw(k: int, flips: tuple[int, ...]) -> None:
+            def emit(region: Region, value: np.ndarray) -> None:
                 """Hand one finished output region on: written (one sample) or accumulated."""
                 if k_samples == 1:
                     write_hr(region, np.ascontiguousarray(value))
                     return
                 assert mean is not None and m2 is not None
-                # Welford: running mean and sum of squared deviations, in the true frame
-                mu = mean.read(region)
-                delta = value - mu
-                mu = mu + delta / (k + 1)
+                mu, sq = welford(mean.read(region), m2.read(region), value, k)
                 mean.write(region, mu)
-                m2.add(region, delta * (value - mu))
+                m2.write(region, sq)
 
-            # -- decode, project, accumulate ------------------------------------------------
-            whole = MemoryArray((model.channels, *hr_shape)) if whole_projection else None
-            regions: list[Region] = []
-            for cell in layout.cells:
-                lo, hi = _bounds(cell)
-                if any(a0_ >= n for a0_, n in zip(lo, hr_shape)):
-                    continue  # padding only
-                x, y, inner = decode_window(z_arr.read(cell), lo, hi)
-                if options.consistency != "none" and whole is None:
-                    x = op.project(x, y)  # exact inside the window for block-local operators
-                x_np = norm.denormalize(x[inner])[0].float().cpu().numpy()
-                hi_c = [min(h, n) for h, n in zip(hi, hr_shape)]
-                x_np = x_np[(slice(None), *(slice(0, h - a0_) for a0_, h in zip(lo, hi_c)))]
-                region = frame.out_region(_region(lo, hi_c), hr_shape)
-                if whole is not None:
-                    whole.write(region, frame.out_value(x_np))
-                    regions.append(region)
-                else:
-                    emit(region, frame.out_value(x_np))
-            if whole is not None:
-                # the whole sample projected at once, in data units (the normalisation is an affine
-                # map per channel and these operators act per channel and keep constants)
-                everything = tuple(slice(0, n) for n in hr_shape)
-                x_all = torch.from_numpy(whole.read(everything))[None].double()
-                y_all = np.asarray(read_lr(tuple(slice(0, n) for n in lr_shape)), dtype=np.float64)
-                x_all = op.project(x_all, torch.from_numpy(y_all)[None])[0].float().numpy()
-                for region in regions:
-                    emit(region, x_all[(slice(None), *region)])
+            canvas = StreamCanvas(
+                model, layout, _Frame(read_lr, lr_shape, flips), lr_shape, options, noise, k, array, fields, emit,
+                tiling, precision, whole_projection, lambda: read_lr(whole_lr),
+            )
+            sample_canvas(canvas, model.process, options, lambda i, z, x0: bar.update(1))
+
+        ensemble(options, len(hr_shape), draw)
         if k_samples > 1:
             assert mean is not None and m2 is not None
             for cell in layout.cells:
                 lo, hi = _bounds(cell)
-                if any(a0_ >= n for a0_, n in zip(lo, hr_shape)):
+                if any(a >= n for a, n in zip(lo, hr_shape)):
                     continue
                 region = _region(lo, [min(h, n) for h, n in zip(hi, hr_shape)])
                 write_hr(region, mean.read(region))
                 if write_std is not None:
                     write_std(region, np.sqrt(m2.read(region) / (k_samples - 1)))
-
 
 def _upscale_whole(
     model: SRModel,
@@ -535,7 +501,7 @@ def _upscale_whole(
     tiling: Tiling,
     write_std: WriteHR | None,
     progress: bool,
-    precision: str,
+    precision: Precision,
 ) -> None:
     """The in-memory path of :func:`stream_upscale` (spaces whose state is on a coarser grid).
 
@@ -554,7 +520,7 @@ def _upscale_whole(
         space.tile, space.overlap = side, min(side - space.stride, max(32, over) // space.stride * space.stride)  # type: ignore[attr-defined]
     try:
         with tqdm(
-            total=options.steps * max(1, options.samples), desc="sampling", unit="step", disable=not progress, leave=False
+            total=network_calls(model.process, options) * max(1, options.samples), desc="sampling", unit="step", disable=not progress, leave=False
         ) as bar:
             x, std = upscale_any_size(
                 model, y[None], options, make_generator(seed, device), lambda i, z, x0: bar.update(1), tiling, precision

@@ -12,13 +12,43 @@ import torch.nn.functional as F
 T = TypeVar("T")
 
 
-def build_from_spec(known: Mapping[str, type[T]], spec: Mapping[str, Any], what: str) -> T:
-    """Instantiate ``known[spec["type"]](**rest)``: only allow-listed classes, so a checkpoint never names code."""
+def build_from_spec(
+    known: Mapping[str, type[T]], spec: Mapping[str, Any], what: str, group: str | None = None
+) -> T:
+    """Instantiate ``known[spec["type"]](**rest)``: only allow-listed classes, so a checkpoint never names code.
+
+    A ``type`` not in ``known`` is looked up among the installed packages' entry points of ``group``
+    (``diffsr.operators``, ``diffsr.spaces``, ``diffsr.processes``): a plug-in (a domain's operator)
+    declares its classes there, so loading finds them from a fresh interpreter without importing the
+    plug-in first. Only installed, declared names can load; a checkpoint cannot name a module.
+    """
     rest = dict(spec)
     kind = rest.pop("type", None)
-    if kind not in known:
-        raise ValueError(f"unknown {what} type {kind!r}; known: {sorted(known)}")
-    return known[kind](**rest)
+    cls = known.get(kind) if isinstance(kind, str) else None
+    if cls is None and group is not None and isinstance(kind, str):
+        cls = plugin(group, kind)
+    if cls is None:
+        names = sorted({*known, *plugin_names(group)}) if group else sorted(known)
+        raise ValueError(f"unknown {what} type {kind!r}; known: {names}")
+    return cls(**rest)
+
+
+def plugin_names(group: str | None) -> list[str]:
+    """Names declared in the entry-point ``group`` by the installed packages."""
+    if group is None:
+        return []
+    from importlib.metadata import entry_points
+
+    return sorted(ep.name for ep in entry_points(group=group))
+
+
+def plugin(group: str, name: str) -> Any:
+    """The object that entry point ``name`` of ``group`` declares, or ``None`` when none does."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=group, name=name):
+        return ep.load()
+    return None
 
 
 def load_weights_only(path: str | Path, error: type[Exception], what: str = "checkpoint") -> Any:
@@ -74,6 +104,17 @@ def upsample(y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     size = [int(n) for n in size]
     mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[nd]
     return F.interpolate(y, size=size, mode=mode, align_corners=False)
+
+
+def has_float64(device: torch.device | str) -> bool:
+    """Whether ``device`` computes in float64 (Apple MPS does not)."""
+    return torch.device(device).type != "mps"
+
+
+def device_table(table: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A float64 CPU table copied to ``device``: float64 where the device has it, float32 elsewhere."""
+    device = torch.device(device)
+    return table.to(device=device, dtype=torch.float64 if has_float64(device) else torch.float32)
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:

@@ -20,24 +20,15 @@ def lightning_main(args: Sequence[str], run: bool = True):  # type: ignore[no-un
     """Run LightningCLI on ``args`` (``fit --config ...``); with ``run=False`` only build it.
 
     The model is any LightningModule named by the config's ``class_path``: ``DiffusionSR``, or
-    ``toolkit.autoencoder.AutoencoderModule`` (stage 1 of latent diffusion).
+    ``toolkit.autoencoder.AutoencoderModule`` (stage 1 of latent diffusion). The channel count
+    flows from the data to the model and the model's size multiple back to the data
+    (:mod:`pipelines.lightning_cli`): configs give neither twice.
     """
-    import lightning.pytorch as pl
-    from lightning.pytorch.cli import LightningCLI
-
     import toolkit.autoencoder  # noqa: F401 - the model classes configs name
     import toolkit.lightning  # noqa: F401
+    from pipelines.lightning_cli import build_cli
 
-    return LightningCLI(
-        pl.LightningModule,
-        pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=list(args),
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    return build_cli(list(args), run=run)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,7 +117,9 @@ def _band_list(text: str) -> list[int]:
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], default=None, help="sampler (default: the checkpoint's)")
+    from toolkit.samplers import sampler_names
+
+    p.add_argument("--sampler", choices=sampler_names(), default=None, help="sampler (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--samples", type=int, default=None, help="average this many samples (posterior mean); default: the checkpoint's")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")

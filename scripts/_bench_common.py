@@ -33,6 +33,7 @@ def save_untrained_checkpoint(
     import torch
 
     from toolkit.denoiser import UNetDenoiser
+    from toolkit.engine import SamplerOptions
     from toolkit.lightning import DiffusionSR
 
     den = UNetDenoiser(
@@ -43,7 +44,7 @@ def save_untrained_checkpoint(
     with torch.no_grad():
         for p in den.parameters():
             p.add_(0.01 * torch.randn(p.shape, generator=g))
-    module = DiffusionSR(den, operator, normalization=normalization, sampling_steps=2)
+    module = DiffusionSR(den, operator, normalization=normalization, sampling=SamplerOptions(steps=2))
     module.domain = domain
     module.ema.load_state_dict(den.state_dict())
     torch.save({"diffsr": module.inference_spec(), "state_dict": module.state_dict()}, path)

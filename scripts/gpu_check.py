@@ -24,6 +24,7 @@ def main(out: Path) -> None:
     from pipelines.bench import run_bench
     from toolkit.checkpoint import load_model
     from toolkit.denoiser import UNetDenoiser
+    from toolkit.engine import SamplerOptions
     from toolkit.lightning import DiffusionSR
     from toolkit.operators import AreaDownsample
     from toolkit.spaces import ResidualSpace
@@ -45,7 +46,7 @@ def main(out: Path) -> None:
         pl.seed_everything(0)
         model = DiffusionSR(
             UNetDenoiser(2, channels=3, num_channels=(64, 128, 256), attention_levels=(False, False, True), num_res_blocks=2),
-            operator=AreaDownsample(2), space=ResidualSpace(0.25), sampling_steps=20,
+            operator=AreaDownsample(2), space=ResidualSpace(0.25), sampling=SamplerOptions(steps=20),
         )
         dm = ImageDataModule(train=[str(ROOT / "data/natural/train"), str(ROOT / "data/portraits")], channels=3,
                              crop_size=128, batch_size=32, samples_per_epoch=32 * 120, num_workers=4)

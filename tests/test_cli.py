@@ -16,6 +16,7 @@ import torch
 from domains.images.io import read_image, write_image
 from pipelines.cli import main
 from toolkit.checkpoint import CheckpointError, load_model, read_checkpoint
+from toolkit.engine import SamplerOptions
 
 if TYPE_CHECKING:
     from conftest import CliFails
@@ -47,7 +48,7 @@ def _tiny_fit(tmp: Path, extra: list[str] | None = None) -> list[str]:
         "--data.init_args.batch_size", "2",
         "--data.init_args.crop_size", "32",
         "--data.init_args.samples_per_epoch", "6",
-        "--model.init_args.sampling_steps", "2",
+        "--model.init_args.sampling.steps", "2",
         *TINY_NET,
         *(extra or []),
     ]
@@ -98,6 +99,7 @@ def test_checkpoint_round_trip(checkpoint: Path) -> None:
     assert spec["scale"] == [2, 2] and spec["channels"] == 3 and spec["spatial_dims"] == 2
     assert spec["operator"] == {"type": "area", "factors": [2, 2]}
     assert spec["space"]["type"] == "residual" and spec["sampler"]["steps"] == 2
+    assert spec["sampler"]["samples"] == 4 and spec["sampler"]["flip_ensemble"]  # the rest of the config's block
     model = load_model(checkpoint)
     ema = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
     for k, v in model.denoiser.state_dict().items():
@@ -222,3 +224,144 @@ def test_bench_reports_ratios(capsys: pytest.CaptureFixture[str]) -> None:
     r = json.loads(capsys.readouterr().out)
     for k in ("network_forward_ms", "engine_step_ms", "monai_step_ms", "engine_over_forward", "engine_over_monai"):
         assert r[k] > 0
+
+
+# --- configs: one typed sampling block; channels and size multiples linked, not repeated ----------------
+CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
+#: configs whose fast_dev_run smoke test lives beside the code it exercises (file that runs it)
+SMOKE_TESTED_ELSEWHERE = {
+    "images/sr3_x2": "test_cli.py",
+    "images/autoencoder_x2": "test_latent.py", "images/latent_x2": "test_latent.py",
+    "mri/autoencoder_slice": "test_latent.py", "mri/latent_sr2d_slice_x4": "test_latent.py",
+    "satellite/autoencoder_x2": "test_latent.py", "satellite/latent_x2": "test_latent.py",
+    "faces/autoencoder_128": "test_latent.py", "faces/latent_128": "test_latent.py",
+    "images/wavelet_x2": "test_wavelets.py", "mri/wavelet_sr2d_slice_x4": "test_wavelets.py",
+    "mri/wavelet_sr3d_slice_x4": "test_wavelets.py", "satellite/wavelet_x2": "test_wavelets.py",
+    "faces/wavelet_128": "test_wavelets.py",
+    "mri/sr2d_slice_x4": "test_mri_pipeline.py", "mri/sr3d_slice_x4": "test_mri_pipeline.py",
+    "satellite/sr_x2": "test_satellite_data.py",
+    "faces/restore_128": "test_faces_pipeline.py",
+}  # fmt: skip
+#: the rest, run here: tiny data and network per domain
+SMOKE_TESTED_HERE = {
+    "mri/sr3d_iso_x2": [
+        "--data.init_args.train", str(ROOT / "data" / "mri" / "mni152_09a_t1_crop64.nii.gz"),
+        "--data.init_args.val", str(ROOT / "data" / "mri" / "nibabel_someones_anatomy.nii.gz"),
+        "--data.init_args.patch_size", "[16, 16, 16]", "--data.init_args.val_patch_size", "[16, 16, 16]",
+        "--data.init_args.voxel_sizes", "[2.0]", "--data.init_args.batch_size", "2",
+        "--data.init_args.samples_per_epoch", "4", *TINY_NET,
+    ],
+    "satellite/sr_x4": [
+        "--data.init_args.crop_size", "32", "--data.init_args.val_crop_size", "32", "--data.init_args.batch_size", "2",
+        "--data.init_args.samples_per_epoch", "4", *TINY_NET,
+    ],
+}  # fmt: skip
+
+
+def _name(config: Path) -> str:
+    return f"{config.parent.name}/{config.stem}"
+
+
+def _build(args: list[str]):  # type: ignore[no-untyped-def]
+    """The LightningCLI of ``args`` built, not run (model and datamodule instantiated, links applied)."""
+    from pipelines.cli import lightning_main
+
+    return lightning_main([*args, "--trainer.logger=false"], run=False)
+
+
+def test_every_config_is_smoke_tested() -> None:
+    names = {_name(c) for c in CONFIGS}
+    assert names == set(SMOKE_TESTED_ELSEWHERE) | set(SMOKE_TESTED_HERE), "add the new config to a fast_dev_run test"
+    for name, test in SMOKE_TESTED_ELSEWHERE.items():
+        assert Path(name).name in (ROOT / "tests" / test).read_text() or "wavelet_" in name, (name, test)
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE_TESTED_HERE))
+def test_config_fast_dev_run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the configs name data/ relative to the repository
+    main([
+        "fit", "--config", str(ROOT / "configs" / f"{name}.yaml"), "--trainer.fast_dev_run", "1",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu",
+        "--model.init_args.sampling.steps", "2", "--model.init_args.sampling.samples", "1",
+        *SMOKE_TESTED_HERE[name],
+    ])  # fmt: skip
+    assert load_model(tmp_path / "last.ckpt").options.steps == 2
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[_name(c) for c in CONFIGS])
+def test_configs_write_nothing_twice(config: Path) -> None:
+    """No config repeats a linked value or flattens the sampling options."""
+    import yaml
+
+    cfg = yaml.safe_load(config.read_text())
+    model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
+    assert "multiple" not in data
+    assert "channels" not in model and "channels" not in model.get("denoiser", {}).get("init_args", {})
+    assert not {"sampler", "sampling_steps", "samples", "t_start", "consistency"} & set(model)
+    if cfg["model"]["class_path"] == "toolkit.lightning.DiffusionSR":
+        assert set(model["sampling"]) <= {f for f in SamplerOptions.__dataclass_fields__}
+
+
+def test_print_config_shows_the_sampling_block(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", str(CONFIG), "--model.init_args.sampling.steps", "7", "--print_config"])
+    assert e.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["sampling"] == {
+        "sampler": "ddim", "steps": 7, "eta": 0.0, "guidance_scale": 1.0, "consistency": "final",
+        "t_start": 200, "start": "regression", "samples": 4, "flip_ensemble": True,
+    }  # fmt: skip
+
+
+def test_channels_flow_from_data_and_multiple_from_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Channels given on the data side only size the network; the datamodule gets the model's multiple."""
+    monkeypatch.chdir(ROOT)
+    wavelet = str(ROOT / "configs" / "images" / "wavelet_x2.yaml")
+    cli = _build(["--config", wavelet, "--data.init_args.channels", "1"])
+    den = cli.model.denoiser
+    assert den.channels == 1 and den.state_channels == cli.model.space.state_channels(1, 2) == 3  # high subbands
+    assert isinstance(cli.model.options, SamplerOptions) and cli.model.options.steps == 20
+    # UNet [16, 32, 64]: 4, times the wavelet's stride 2 (the x2 scale divides it)
+    assert cli.datamodule.multiple == 8 == 2 ** (len(den.config["num_channels"]) - 1) * cli.model.space.stride
+    cli = _build(["--config", wavelet, *TINY_NET])
+    assert cli.model.denoiser.channels == 3 and cli.datamodule.multiple == 4  # 2 levels: 2 x stride 2
+    # satellite: the band selection sets the channels; x4 makes the multiple lcm(4, 4)
+    sat = ROOT / "configs" / "satellite"
+    cli = _build(["--config", str(sat / "sr_x2.yaml"), "--data.init_args.bands=[2, 3, 4]"])
+    assert cli.model.denoiser.channels == 3 and cli.datamodule.multiple == 4
+    cli = _build(["--config", str(sat / "sr_x4.yaml")])
+    assert cli.model.denoiser.channels == 7 and cli.datamodule.multiple == 4  # every band of the scene
+    cli = _build(["--config", str(sat / "wavelet_x2.yaml"), "--data.init_args.bands=[4]"])
+    assert cli.model.denoiser.channels == 1 and cli.datamodule.multiple == 8
+    # MRI slice-wise: 2n+1 neighbouring planes are the channels; the thick-slab axis keeps multiple 1
+    cli = _build(["--config", str(ROOT / "configs" / "mri" / "sr2d_slice_x4.yaml"), "--data.init_args.slicewise_neighbours", "2"])
+    assert cli.model.denoiser.channels == 5 and cli.datamodule.multiple == (4, 1, 4)
+    # faces: the face size must suit the model (16 for the wavelet config's 8 x stride 2)
+    cli = _build(["--config", str(ROOT / "configs" / "faces" / "wavelet_128.yaml")])
+    assert cli.model.denoiser.channels == 3 and cli.datamodule.multiple == 16
+    # a stage-1 autoencoder takes the data's channels and gives its stride
+    cli = _build(["--config", str(ROOT / "configs" / "satellite" / "autoencoder_x2.yaml"), "--data.init_args.bands=[1, 2]"])
+    assert cli.model.config["in_channels"] == 2 and cli.datamodule.multiple == cli.model.stride == 2
+
+
+def test_linked_values_cannot_be_given(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    for arg, needle in [
+        ("--model.init_args.denoiser.init_args.channels=1", "linked from the data"),
+        ("--data.init_args.multiple=8", "linked from the model"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            _build(["--config", str(CONFIG), arg])
+        assert e.value.code == 2 and needle in capsys.readouterr().err
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("model:\n  init_args:\n    denoiser:\n      init_args:\n        channels: 1\n")
+    with pytest.raises(SystemExit):
+        _build(["--config", str(CONFIG), "--config", str(extra)])
+    assert "extra.yaml" in capsys.readouterr().err
+    # a crop the model cannot take is refused when the datamodule is built
+    with pytest.raises(ValueError, match="multiple of 8"):
+        _build(["--config", str(ROOT / "configs" / "images" / "wavelet_x2.yaml"), "--data.init_args.crop_size", "36"])

@@ -68,9 +68,9 @@ def test_no_float64_reaches_a_device_without_it(sampler: str, monkeypatch: pytes
     The sampling path runs on PyTorch's ``meta`` device (shapes only), declared here to lack float64
     like MPS, while a dispatch hook records every float64 tensor made there: none may be.
     """
+    from test_streaming import PointwiseDenoiser
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
-    from test_streaming import PointwiseDenoiser
 
     import toolkit.utils
     from toolkit.engine import sample_sr

@@ -24,6 +24,7 @@ from toolkit.autoencoder import (
 )
 from toolkit.checkpoint import load_model
 from toolkit.denoiser import UNetDenoiser
+from toolkit.engine import SamplerOptions
 from toolkit.latent import LatentSpace, tiled_apply
 from toolkit.lightning import DiffusionSR
 from toolkit.normalization import Normalization
@@ -183,7 +184,7 @@ def test_frozen_weights_and_checkpoint_round_trip(tmp_path: Path, stage1: Path, 
     denoiser = UNetDenoiser(
         2, 3, num_channels=[8, 16], attention_levels=[False, False], norm_num_groups=8, num_head_channels=8
     )
-    model = DiffusionSR(denoiser, space=space, sampling_steps=2, warmup_steps=1, lr=1e-2)
+    model = DiffusionSR(denoiser, space=space, sampling=SamplerOptions(steps=2), warmup_steps=1, lr=1e-2)
     assert model.denoiser.state_channels == 4 and model.denoiser.cond_channels == 4
     before = {k: v.clone() for k, v in space.autoencoder.state_dict().items()}
     model.train()
@@ -295,7 +296,7 @@ def test_configs_fast_dev_run(
     assert info["scale_factor"] > 0 and "val_psnr" in info
     main([
         "fit", "--config", str(configs / f"{stage2_name}.yaml"), "--trainer.default_root_dir", str(tmp_path / "ldm"),
-        *common, "--model.init_args.sampling_steps", "2",
+        *common, "--model.init_args.sampling.steps", "2",
         "--model.space.init_args.autoencoder_checkpoint", str(ae_path),
     ])  # fmt: skip
     model = load_model(tmp_path / "ldm" / "last.ckpt")
@@ -308,7 +309,6 @@ def test_streamed_upscale_tiles_the_autoencoder(photo: np.ndarray) -> None:
     """``stream_upscale`` with a latent space saved as one pass (tile 0) encodes/decodes in the network's
     tiles for an input larger than one tile, gives one pass's result, and leaves the space as it was."""
     from toolkit.checkpoint import SRModel, upscale_any_size
-    from toolkit.engine import SamplerOptions
     from toolkit.operators import AreaDownsample
     from toolkit.process import GaussianProcess
     from toolkit.streaming import stream_upscale

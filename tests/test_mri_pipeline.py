@@ -44,7 +44,7 @@ def _fit(tmp: Path, config: str, patch: str, extra: list[str] | None = None) -> 
         "--data.init_args.patch_size", patch, "--data.init_args.val_patch_size", patch,
         "--data.init_args.voxel_sizes", "[2.0]",
         "--data.init_args.batch_size", "2", "--data.init_args.samples_per_epoch", "4",
-        "--model.init_args.sampling_steps", "2", "--model.init_args.samples", "2",
+        "--model.init_args.sampling.steps", "2", "--model.init_args.sampling.samples", "2",
         *TINY_NET, *(extra or []),
     ])
     ckpt = tmp / "last.ckpt"

@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from toolkit.process import GaussianProcess
 from toolkit.engine import SamplerOptions
+from toolkit.process import GaussianProcess
 from toolkit.samplers import make_sampler, run_sampler, sampler_names
 
 MU, S = 0.3, 0.5

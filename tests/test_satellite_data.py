@@ -109,8 +109,8 @@ TINY = [
     "--model.init_args.denoiser.init_args.num_channels=[8, 16, 16]",
     "--model.init_args.denoiser.init_args.norm_num_groups=8",
     "--model.init_args.denoiser.init_args.num_head_channels=8",
-    "--model.init_args.sampling_steps=2",
-    "--model.init_args.samples=1",
+    "--model.init_args.sampling.steps=2",
+    "--model.init_args.sampling.samples=1",
     "--trainer.max_steps=2",
     "--trainer.limit_val_batches=2",
     "--trainer.max_time=null",
@@ -138,8 +138,7 @@ def test_fit_then_upscale_a_geotiff(tmp_path: Path) -> None:
     os.chdir(tmp_path)
     try:
         main(["fit", "--config", str(ROOT / "configs" / "satellite" / "sr_x2.yaml"), "--trainer.default_root_dir", str(tmp_path),
-              "--data.init_args.train", str(SCENE), "--data.init_args.bands=[2, 3, 4]",
-              "--model.init_args.denoiser.init_args.channels=3", *TINY])
+              "--data.init_args.train", str(SCENE), "--data.init_args.bands=[2, 3, 4]", *TINY])
     finally:
         os.chdir(cwd)
     ckpt = tmp_path / "last.ckpt"

@@ -18,6 +18,7 @@ from domains.satellite.operators import SensorMTFDownsample
 from domains.satellite.pipeline import degrade_raster, evaluate_rasters, upscale_raster
 from toolkit.checkpoint import SRModel, load_model
 from toolkit.denoiser import UNetDenoiser
+from toolkit.engine import SamplerOptions
 from toolkit.lightning import DiffusionSR
 from toolkit.normalization import Normalization
 from toolkit.operators import AreaDownsample, Operator
@@ -43,7 +44,7 @@ def make_checkpoint(path: Path, channels: int, operator: Operator, normalization
             p.add_(0.02 * torch.randn(p.shape, generator=g))
     module = DiffusionSR(
         den, operator, ResidualSpace(0.25), GaussianProcess(parameterization="x0"), normalization,
-        sampling_steps=2, t_start=200, start="regression",
+        sampling=SamplerOptions(steps=2, t_start=200, start="regression"),
     )
     module.ema.load_state_dict(den.state_dict())
     torch.save({"diffsr": module.inference_spec(), "state_dict": module.state_dict()}, path)

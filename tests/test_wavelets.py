@@ -11,6 +11,7 @@ import torch
 from toolkit import wavelets
 from toolkit.checkpoint import load_model
 from toolkit.denoiser import UNetDenoiser, fit_denoiser_to_space
+from toolkit.engine import SamplerOptions
 from toolkit.lightning import DiffusionSR
 from toolkit.operators import AreaDownsample
 from toolkit.spaces import WaveletSpace, space_from_spec
@@ -138,7 +139,7 @@ def test_wavelet_model_trains_samples_and_reloads(tmp_path: Path, photo_t: torch
     from toolkit.callbacks import FinalCheckpoint
 
     den = UNetDenoiser(2, 3, num_channels=[8, 16], attention_levels=[False, False], norm_num_groups=8, num_head_channels=8)
-    model = DiffusionSR(den, AreaDownsample(2, 2), WaveletSpace("db2", 1, "high", 0.25), sampling_steps=2, consistency="none")
+    model = DiffusionSR(den, AreaDownsample(2, 2), WaveletSpace("db2", 1, "high", 0.25), sampling=SamplerOptions(steps=2, consistency="none"))
     assert (model.denoiser.state_channels, model.denoiser.cond_channels) == (9, 12)
     data = [{"hr": (_real(photo_t, (1, 3, 16, 16))[0] + 1) / 2} for _ in range(4)]
     trainer = pl.Trainer(
@@ -167,7 +168,7 @@ def test_wavelet_configs_fast_dev_run(tmp_path: Path, config: Path, monkeypatch:
     main([
         "fit", "--config", str(config), "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path),
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.accelerator", "cpu", "--model.init_args.sampling_steps", "2",
+        "--trainer.accelerator", "cpu", "--model.init_args.sampling.steps", "2",
     ])
 
 
@@ -182,7 +183,7 @@ def test_wavelet_model_upscales_a_geotiff_with_its_georeferencing(tmp_path: Path
     den = UNetDenoiser(2, 7, num_channels=[8, 16], attention_levels=[False, False], norm_num_groups=8, num_head_channels=8)
     module = DiffusionSR(
         den, AreaDownsample(2, 2), WaveletSpace("haar", 1, "high", 0.25), normalization=raster_normalization(l8),
-        sampling_steps=2,
+        sampling=SamplerOptions(steps=2),
     )  # fmt: skip
     ckpt = tmp_path / "wav.ckpt"
     torch.save({"diffsr": module.inference_spec(), "state_dict": module.state_dict()}, ckpt)
@@ -210,7 +211,7 @@ def test_wavelet_model_upscales_a_nifti_with_its_affine(tmp_path: Path) -> None:
 
     src = ROOT / "data" / "mri" / "mni152_09a_t1_crop64.nii.gz"
     den = UNetDenoiser(3, 1, num_channels=[8, 16], attention_levels=[False, False], norm_num_groups=8, num_head_channels=8, mid_attention=False)
-    module = DiffusionSR(den, SliceAverage(4), WaveletSpace("haar", 1, "residual", 0.25), normalization=Normalization([0.0], [1.0]), sampling_steps=2)
+    module = DiffusionSR(den, SliceAverage(4), WaveletSpace("haar", 1, "residual", 0.25), normalization=Normalization([0.0], [1.0]), sampling=SamplerOptions(steps=2))
     module.domain = {"kind": "mri", "intensity": intensity_spec(0.5, 99.5, 0.5), "slicewise": None}
     ckpt = tmp_path / "wav3d.ckpt"
     torch.save({"diffsr": module.inference_spec(), "state_dict": module.state_dict()}, ckpt)
@@ -226,7 +227,6 @@ def test_wavelet_model_upscales_a_nifti_with_its_affine(tmp_path: Path) -> None:
 def test_coarse_grid_sampling_is_consistent_for_a_blur_on_odd_sizes(photo_t: torch.Tensor) -> None:
     """Padded to the network's multiple and cropped back, the output still explains its true input: A(x) = y."""
     from toolkit.checkpoint import SRModel, upscale_any_size
-    from toolkit.engine import SamplerOptions
     from toolkit.normalization import Normalization
     from toolkit.operators import GaussianDownsample
     from toolkit.process import GaussianProcess

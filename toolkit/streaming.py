@@ -34,7 +34,17 @@ import numpy as np
 import torch
 
 from toolkit.checkpoint import SRModel, upscale_any_size
-from toolkit.engine import Canvas, Precision, SamplerOptions, check_options, ensemble, network_calls, network_precision, sample_canvas, welford
+from toolkit.engine import (
+    Canvas,
+    Precision,
+    SamplerOptions,
+    check_options,
+    ensemble,
+    network_calls,
+    network_precision,
+    sample_canvas,
+    welford,
+)
 from toolkit.guidance import classifier_free
 from toolkit.noise import NoiseField
 from toolkit.tiling import Tiling, gaussian_weight, tile_starts
@@ -165,13 +175,13 @@ class _Frame:
 
     def read(self, region: Region) -> np.ndarray:
         arr = self.read_lr(self._true(region, self.lr_shape))
-        return np.flip(arr, [1 + a for a in self.flips]) if self.flips else arr
+        return np.flip(arr, tuple(1 + a for a in self.flips)) if self.flips else arr
 
     def out_region(self, region: Region, hr_shape: Sequence[int]) -> Region:
         return self._true(region, hr_shape)
 
     def out_value(self, value: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(np.flip(value, [1 + a for a in self.flips])) if self.flips else value
+        return np.ascontiguousarray(np.flip(value, tuple(1 + a for a in self.flips))) if self.flips else value
 
 
 class StreamLayout:
@@ -364,9 +374,9 @@ class StreamCanvas(Canvas):
         everything = tuple(slice(0, n) for n in self.hr_shape)
         x_all = torch.from_numpy(self.whole.read(everything))[None].double()
         y_all = torch.from_numpy(np.asarray(self.read_whole_lr(), dtype=np.float64))[None]
-        x_all = self.model.operator.project(x_all, y_all)[0].float().numpy()
+        projected = self.model.operator.project(x_all, y_all)[0].float().numpy()
         for region in self.regions:
-            self.emit_region(region, x_all[(slice(None), *region)])
+            self.emit_region(region, projected[(slice(None), *region)])
 
 
 # --- the sampler -----------------------------------------------------------------------------------

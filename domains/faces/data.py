@@ -174,7 +174,7 @@ class FaceDataModule(PairDataModule):
 
     Args:
         root: folder (or folders / files) of face photos.
-        size: model size ``S`` (128; 256 as an option); a multiple of the UNet's downsampling.
+        size: model size ``S`` (128; 256 as an option); a multiple of ``multiple``.
         channels: 3 for RGB (grey photos are replicated).
         val_count: people held back (:func:`split_by_person`); never trained on.
         crop_center: face centre as fractions of ``(H, W)`` (default: the portraits' measured framing).
@@ -190,6 +190,8 @@ class FaceDataModule(PairDataModule):
         samples_per_epoch: training crops per epoch.
         num_workers: DataLoader workers.
         seed: seed of every draw (training crops, flips, degradations; validation uses ``seed + 1``).
+        multiple: sizes the model takes are multiples of this (its UNet's downsampling times its
+            state space's stride); ``size`` must be one. Linked from the model by ``diffsr fit``.
     """
 
     val_batch_size = 8
@@ -211,10 +213,12 @@ class FaceDataModule(PairDataModule):
         samples_per_epoch: int = 800,
         num_workers: int = 0,
         seed: int = 0,
+        multiple: int = 8,
     ) -> None:
         super().__init__()
-        if size < 16 or size % 8:
-            raise ValueError(f"size must be a multiple of 8 and at least 16, got {size}")
+        self.multiple = int(multiple)
+        if size < 16 or size % self.multiple:
+            raise ValueError(f"size must be a multiple of {self.multiple} and at least 16, got {size}")
         self.root, self.size, self.channels, self.val_count = root, int(size), int(channels), int(val_count)
         self.crop_center, self.crop_side, self.jitter, self.flip = tuple(crop_center), float(crop_side), float(jitter), flip
         self.degradation = degradation or FaceDegradation()
@@ -237,6 +241,11 @@ class FaceDataModule(PairDataModule):
                 files, self.size, self.channels, self.val_degradation, self.crop_center, self.crop_side, self.seed + 1
             )
 
+
+    @property
+    def domain_spec(self) -> dict[str, Any]:
+        """Stored in the checkpoint by ``DiffusionSR``: marks it a face model, with the size and framing inference reproduces."""
+        return {"kind": "faces", "face_size": self.size, "crop_center": list(self.crop_center), "crop_side": self.crop_side}
 
     def state_dict(self) -> dict[str, Any]:
         """Stored in checkpoints (plain data): the face size and framing inference must reproduce."""

@@ -67,7 +67,11 @@ def as_numpy_generator(generator: GeneratorLike) -> np.random.Generator:
     raise TypeError(f"expected a seed, a numpy Generator or a torch Generator, got {type(generator).__name__}")
 
 
-def gaussian_blur_matrix(n: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
+#: Gaussian kernels reach ``truncate * sigma`` samples
+TRUNCATE = 4.0
+
+
+def gaussian_blur_matrix(n: int, sigma: float, truncate: float = TRUNCATE) -> np.ndarray:
     """``(n, n)`` float64 matrix of a 1D Gaussian blur with half-sample symmetric boundaries.
 
     Row ``i`` holds the weights ``exp(-(j - i)^2 / (2 sigma^2))`` for ``|j - i| <= truncate *
@@ -125,7 +129,13 @@ class BlurDownsample(SeparableOperator):
             m = m[: n // f * f].reshape(n // f, f, n).mean(axis=1)
         return torch.from_numpy(m)
 
+    @property
+    def halo(self) -> int:
+        """The blur's radius (taps of :func:`gaussian_blur_matrix`): the area step stays inside each block."""
+        return max((max(1, math.ceil(TRUNCATE * s)) for s in self.sigma if s > 0), default=0)
+
     def spec(self) -> dict[str, Any]:
+        """Plain data; the type ``blur_area`` is declared in the ``diffsr.operators`` entry points, so checkpoints load it."""
         return {"type": "blur_area", "factors": list(self.factors), "sigma": list(self.sigma)}
 
 

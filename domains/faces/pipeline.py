@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from domains.faces.data import PORTRAIT_CENTER, PORTRAIT_SIDE, crop_box, crop_square, load_face, resize, split_by_person
 from domains.faces.degradations import FaceDegradation, Output, evaluation_degradation
 from domains.faces.detect import FACE_MARGIN, FaceBox, detect_faces
+from domains.faces.plugin import face_state
 from domains.files import atomic_target, write_atomic
 from domains.images.data import list_images
 from domains.images.io import ImageInfo, read_image, write_image
@@ -90,18 +91,10 @@ class FaceModel:
         return out.float().cpu().clamp(0, 1)
 
 
-def _face_state(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The face datamodule's state stored in a checkpoint (plain data), or ``{}``."""
-    for value in ckpt.values():
-        if isinstance(value, dict) and "face_size" in value:
-            return value
-    return {}
-
-
 def is_face_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` is a face restoration checkpoint (written with :class:`~domains.faces.data.FaceDataModule`)."""
     try:
-        return bool(_face_state(read_checkpoint(path)))
+        return bool(face_state(read_checkpoint(path)))
     except CheckpointError:
         return False
 
@@ -111,20 +104,20 @@ def load_face_model(
 ) -> FaceModel:
     """A :class:`FaceModel` from a checkpoint path (or an already loaded model).
 
-    The face size and framing come from the checkpoint (stored by
-    :class:`~domains.faces.data.FaceDataModule`); ``size`` overrides them.
+    The face size and framing come from the checkpoint (:func:`domains.faces.plugin.face_state`,
+    stored by :class:`~domains.faces.data.FaceDataModule`); ``size`` overrides them.
 
     Raises:
         CheckpointError: unreadable checkpoint, or not a face restoration model (its scale is not 1).
     """
     if isinstance(checkpoint, FaceModel):
         return checkpoint if size is None else FaceModel(checkpoint.model, size, checkpoint.crop_center, checkpoint.crop_side)
-    state: dict[str, Any] = {}
     if isinstance(checkpoint, SRModel):
         model, name = checkpoint, "model"
+        state = face_state({"diffsr": model.spec})
     else:
         model, name = load_model(checkpoint, device), str(checkpoint)
-        state = _face_state(read_checkpoint(checkpoint))
+        state = face_state(read_checkpoint(checkpoint))
     if model.spatial_dims != 2 or any(f != 1 for f in model.scale):
         raise CheckpointError(
             f"{name}: an x{'x'.join(map(str, model.scale))} {model.spatial_dims}D super-resolution model, not a face "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -96,6 +97,10 @@ class PairDataModule(pl.LightningDataModule):
     Subclasses build ``train_set`` (random, reproducible per index: :class:`FreshIndexSampler`
     hands out new indices every epoch) and ``val_set`` in ``setup`` and set ``batch_size`` and
     ``num_workers``; ``val_batch_size`` is the validation batch (1: items may differ in size).
+
+    The command line links two values to the model (``pipelines.lightning_cli``): the channel
+    count :meth:`model_channels` reads from the constructor's arguments goes to the model, and
+    the model's size multiple comes back as the ``multiple`` argument.
     """
 
     train_set: Dataset | None = None
@@ -103,6 +108,15 @@ class PairDataModule(pl.LightningDataModule):
     batch_size: int = 8
     num_workers: int = 0
     val_batch_size: int = 1
+
+    @classmethod
+    def model_channels(cls, channels: int = 3, **init_args: Any) -> int:
+        """Channels of the batches a datamodule built with these constructor arguments yields.
+
+        Here the ``channels`` argument; a subclass whose count follows from other arguments
+        (bands, neighbouring slices) overrides this.
+        """
+        return int(channels)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None
@@ -155,7 +169,8 @@ class ImageDataModule(PairDataModule):
         batch_size: training batch size.
         samples_per_epoch: random crops per epoch.
         num_workers: DataLoader workers.
-        multiple: validation crops are cut to a multiple of this.
+        multiple: sizes the model takes are multiples of this: validation crops are cut to it and
+            ``crop_size`` must be one. Linked from the model by ``diffsr fit`` (not set in configs).
         seed: seed of the crop sampler.
     """
 
@@ -176,7 +191,9 @@ class ImageDataModule(PairDataModule):
         self.train_sources, self.val_sources = train, val
         self.channels, self.crop_size, self.val_crop_size = channels, crop_size, val_crop_size
         self.batch_size, self.samples_per_epoch = batch_size, samples_per_epoch
-        self.num_workers, self.multiple, self.seed = num_workers, multiple, seed
+        self.num_workers, self.multiple, self.seed = num_workers, int(multiple), seed
+        if self.crop_size % self.multiple:
+            raise ValueError(f"crop_size {self.crop_size} must be a multiple of {self.multiple} (the model's size multiple)")
         self.train_set: RandomCropDataset | None = None
         self.val_set: CenterCropDataset | None = None
 

@@ -182,7 +182,8 @@ class VolumeDataModule(PairDataModule):
             volume's Otsu threshold (``None``: all voxels).
         flip_axes: axes mirrored at random.
         swap_axes: two axes exchanged at random (``None``: none); keep the thick axis out.
-        multiple: validation patches are cut to multiples of this per axis.
+        multiple: sizes the model takes are multiples of this (per axis, or one for all):
+            validation patches are cut to it. Linked from the model by ``diffsr fit``.
         slicewise_neighbours: ``None`` for 3D patches; ``n`` for the 2D slice-wise mode: planes
             through the thick axis with ``n`` neighbouring planes on each side as channels
             (batches ``(2n+1, plane, thick)``); planes are taken across axis ``swap_axes[1]``
@@ -240,11 +241,16 @@ class VolumeDataModule(PairDataModule):
             }
         )
         # the model sees per-volume normalised intensities: its own normalisation is the identity
-        channels = 1 if slicewise_neighbours is None else 2 * int(slicewise_neighbours) + 1
+        channels = self.model_channels(slicewise_neighbours)
         self.normalization = Normalization(offset=[0.0] * channels, scale=[1.0] * channels)
 
         self.train_set: RandomPatchDataset | None = None
         self.val_set: CentrePatchDataset | None = None
+
+    @classmethod
+    def model_channels(cls, slicewise_neighbours: int | None = None, **init_args: Any) -> int:  # type: ignore[override]
+        """Channels of the batches: 1 for 3D patches, ``2 n + 1`` planes in the slice-wise mode."""
+        return 1 if slicewise_neighbours is None else 2 * int(slicewise_neighbours) + 1
 
     @property
     def domain_spec(self) -> dict[str, Any]:

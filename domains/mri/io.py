@@ -38,8 +38,9 @@ class VolumeMeta:
         return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
+def is_nifti(path: str | Path) -> bool:
+    """Whether ``path`` is named like a NIfTI file (``.nii``, ``.nii.gz``)."""
+    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
 
 
 def read_volume(path: str | Path, volume_index: int | None = None) -> tuple[np.ndarray, VolumeMeta]:
@@ -54,7 +55,7 @@ def read_volume(path: str | Path, volume_index: int | None = None) -> tuple[np.n
     path = Path(path)
     if not path.is_file():
         raise MRIFileError(f"{path}: file not found")
-    if not _is_nifti(path):
+    if not is_nifti(path):
         raise MRIFileError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
     try:
         img = nib.load(str(path))
@@ -110,7 +111,7 @@ def write_volume(
     import nibabel as nib
 
     path = Path(path)
-    if not _is_nifti(path):
+    if not is_nifti(path):
         raise MRIFileError(f"{path}: output must end in .nii or .nii.gz")
     aff = meta.affine if affine is None else np.asarray(affine, dtype=np.float64)
     dtype = np.dtype(meta.dtype)

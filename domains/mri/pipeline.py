@@ -1,6 +1,7 @@
-"""Super-resolve NIfTI volumes with a trained checkpoint, and evaluate against interpolation.
+"""Degrade NIfTI volumes, super-resolve them with a trained checkpoint, and evaluate against interpolation.
 
-Two kinds of checkpoint:
+:func:`degrade_volume` writes ``A(x)`` on the coarser grid (block-centred voxels). Two kinds of
+checkpoint upscale:
 
 * 3D (``spatial_dims == 3``): the volume is sampled patch by patch by the streaming tiler
   (:func:`toolkit.streaming.stream_upscale`): overlapping patches blended with Gaussian weights
@@ -25,9 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from domains.files import write_atomic
+from domains.base import InputError
+from domains.files import atomic_target, write_atomic
+from domains.images.pipeline import crop_to_multiple, make_operator, upscale_array
 from domains.mri.data import volume_normalization
-from domains.mri.io import MRIFileError, VolumeMeta, read_volume, scaled_affine, write_volume
+from domains.mri.io import MRIFileError, VolumeMeta, read_volume, reduced_affine, scaled_affine, write_volume
 from domains.mri.metrics import cubic_spline, masked_psnr, masked_ssim, trilinear
 from domains.mri.normalize import foreground_mask
 from toolkit.checkpoint import SRModel
@@ -35,6 +38,34 @@ from toolkit.engine import SamplerOptions
 from toolkit.normalization import Normalization
 from toolkit.streaming import stream_upscale
 from toolkit.tiling import Tiling
+
+#: default patches of a 3D volume (memory follows the patch size)
+VOLUME_TILING = Tiling(64, 16, 2)
+
+
+def degrade_volume(
+    src: str | Path,
+    dst: str | Path,
+    scale: int | Sequence[int] = 2,
+    operator: str = "area",
+    overwrite: bool = False,
+    volume_index: int | None = None,
+) -> Path:
+    """Write the low-resolution NIfTI ``A(x)`` of ``src`` with the matching geometry (block-centred voxels).
+
+    Sizes not divisible by the factors are cropped at the high-index end of each axis first
+    (which leaves the affine's origin where it is).
+    """
+    dst = Path(dst)
+    atomic_target(dst, overwrite)
+    data, meta = read_volume(src, volume_index)
+    op = make_operator(operator, scale, spatial_dims=3)
+    data = crop_to_multiple(data[None], op.factors)[0]
+    if min(data.shape) == 0:
+        raise InputError(f"{src}: volume {data.shape} is smaller than the factors {op.factors}")
+    y = op.A(torch.from_numpy(np.ascontiguousarray(data))[None, None].double())[0, 0].numpy()
+    write_volume(dst, y, meta, reduced_affine(meta.affine, op.factors), overwrite=overwrite)
+    return dst
 
 
 def check_volume_model(model: SRModel, source: str | Path) -> dict[str, Any]:
@@ -137,8 +168,6 @@ def _slicewise(
     model: SRModel, x: np.ndarray, slicewise: dict[str, Any], options: SamplerOptions, seed: int,
     tiling: Tiling | None, progress: bool, precision: str, plane_batch: int,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    from pipelines.api import upscale_array
-
     n = int(slicewise["neighbours"])
     results, variances = [], []
     for o, across in enumerate(reversed(slicewise["plane_axes"])):

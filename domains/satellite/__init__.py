@@ -1,6 +1,6 @@
 """Multispectral satellite rasters: GeoTIFF/COG I/O with exact georeferencing, sensor-model operator, data, metrics.
 
-Importing the package registers the ``sensor_mtf`` operator, so checkpoints that use it load.
+Checkpoints find the ``sensor_mtf`` operator through the ``diffsr.operators`` entry points, not by importing this package.
 """
 
 from domains.satellite.io import RasterFileError, RasterMeta, RasterReader, RasterWriter, read_raster

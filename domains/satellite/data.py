@@ -147,7 +147,9 @@ class RasterDataModule(PairDataModule):
         gap: pixels between a validation block and any training window.
         crop_size: training window size (a multiple of the scale times the UNet's downsampling).
         val_crop_size: validation windows tile each validation block evenly, at most this size.
-        multiple: validation windows are cut to a multiple of this (scale x UNet downsampling).
+        multiple: sizes the model takes are multiples of this (its UNet's downsampling times its
+            state space's stride, and its scale): validation windows are cut to it and
+            ``crop_size`` must be one. Linked from the model by ``diffsr fit``.
         max_nodata_fraction: training windows with more nodata than this are never drawn.
         batch_size: training batch size.
         samples_per_epoch: random windows per epoch.
@@ -287,6 +289,16 @@ class RasterDataModule(PairDataModule):
         return paths
 
     # --- Lightning ----------------------------------------------------------------------------------
+    @classmethod
+    def model_channels(  # type: ignore[override]
+        cls, train: str | list[str], bands: list[int] | None = None, **init_args: Any
+    ) -> int:
+        """Channels of the batches: the selected bands, or every band of the first raster (its header is read)."""
+        if bands is not None:
+            return len(bands)
+        with RasterReader(list_rasters(train)[0], None) as r:
+            return len(r.meta.bands)
+
     @property
     def domain_spec(self) -> dict[str, Any]:
         """Stored in the checkpoint by ``DiffusionSR``: inference selects the same bands."""

@@ -34,6 +34,7 @@ __all__ = [
     "crop_raster",
     "finer_transform",
     "coarser_transform",
+    "is_georeferenced",
     "read_raster",
     "to_dtype",
 ]
@@ -99,6 +100,24 @@ class RasterMeta:
     def resized(self, height: int, width: int, transform: Any) -> RasterMeta:
         """The same bands and metadata on another grid."""
         return replace(self, height=int(height), width=int(width), transform=transform)
+
+
+def is_georeferenced(path: str | Path) -> bool:
+    """Whether ``path`` is a TIFF that carries a coordinate reference system (a GeoTIFF/COG, not a plain image).
+
+    ``False`` when rasterio is missing or cannot read the file (the reader says why, later).
+    """
+    if not str(path).lower().endswith(RASTER_SUFFIXES) or not Path(path).is_file():
+        return False
+    try:
+        import rasterio
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(path) as src:
+                return src.crs is not None
+    except Exception:  # noqa: BLE001 - unreadable here means "not a GeoTIFF"
+        return False
 
 
 def finer_transform(transform: Any, factors: Sequence[int]) -> Any:

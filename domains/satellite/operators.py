@@ -19,6 +19,9 @@ recorded at ``s`` times the pixel size. The blur and decimation are
 :class:`toolkit.operators.GaussianDownsample` (block-centred low-resolution grid, half-sample
 symmetric boundaries, exact transpose and SVD pseudo-inverse), applied band by band: the
 operator is block-diagonal over the bands, so ``A^T`` and ``A^+`` are the per-band ones.
+
+Checkpoints find it by its spec type ``sensor_mtf``, declared in the ``diffsr.operators`` entry
+points (``pyproject.toml``), so loading one needs no import of this package first.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 
 import torch
 
-from toolkit.operators import GaussianDownsample, Operator, register_operator
+from toolkit.operators import GaussianDownsample, Operator
 from toolkit.utils import as_factors
 
 __all__ = ["SensorMTFDownsample", "mtf_at_nyquist", "sigma_from_mtf"]
@@ -131,6 +134,3 @@ class SensorMTFDownsample(Operator):
 
     def __hash__(self) -> int:
         return hash(repr(self.spec()))
-
-
-register_operator("sensor_mtf", SensorMTFDownsample)

@@ -50,6 +50,9 @@ __all__ = ["degrade_raster", "evaluate_rasters", "make_raster_operator", "upscal
 OperatorName = Literal["area", "mtf"]
 #: GDAL's block cache (MB) while streaming: bounded, so peak memory does not follow the raster
 GDAL_CACHE_MB = 64
+#: default network tiles (output pixels), and one tile the size of any raster (no tiling)
+RASTER_TILING = Tiling(128, 32, 4)
+ONE_PASS = Tiling(1 << 16, 0, 1)
 Region = tuple[slice, ...]
 
 
@@ -68,9 +71,6 @@ def _env() -> Any:
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
 
 
-def _halo(op: Operator) -> int:
-    """High-resolution context a window needs so that windowed ``A`` equals the whole-raster ``A``."""
-    return 0 if getattr(op, "block_local", False) else int(getattr(op, "halo", 32))
 
 
 def _fill(data: np.ndarray, valid: np.ndarray, values: Sequence[float]) -> np.ndarray:
@@ -129,7 +129,8 @@ def degrade_raster(
         if h == 0 or w == 0:
             raise RasterFileError(f"{src}: raster {meta.height}x{meta.width} is smaller than the factors {op.factors}")
         lr_meta = meta.resized(h, w, coarser_transform(meta.transform, op.factors))
-        halo = _halo(op)
+        # the operator's declared reach makes windowed A equal whole-raster A; a global one needs one window
+        halo, window = (0, max(h, w)) if op.halo is None else (op.halo, window)
         hr_rows, hr_cols = h * fr, w * fc
 
         def write(tmp: Path) -> None:

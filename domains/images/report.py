@@ -1,4 +1,4 @@
-"""HTML report with side-by-side crops: input, bicubic, diffsr, truth."""
+"""HTML evaluation report of plain images with side-by-side crops: input, bicubic, diffsr, truth."""
 
 from __future__ import annotations
 

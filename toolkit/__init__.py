@@ -4,13 +4,14 @@ No file formats and no domain knowledge live here. Every tensor is ``(B, C, *spa
 """
 
 from toolkit.operators import AreaDownsample, GaussianDownsample, Operator
-from toolkit.process import GaussianProcess
+from toolkit.process import GaussianProcess, Process
 from toolkit.spaces import PixelSpace, ResidualSpace, StateSpace
 
 __all__ = [
     "AreaDownsample",
     "GaussianDownsample",
     "GaussianProcess",
+    "Process",
     "Operator",
     "PixelSpace",
     "ResidualSpace",

@@ -1,5 +1,9 @@
 """Streaming tiled sampling: super-resolve inputs larger than memory, tile by tile, blending inside every step.
 
+:class:`StreamCanvas` is a :class:`toolkit.engine.Canvas`: the engine's one loop
+(:func:`toolkit.engine.sample_canvas`) samples here exactly as it does in memory, with the same
+steppers, starts, guidance and ensemble; only where the state lives and how noise is drawn differ.
+
 The diffusion state of the whole output lives in float32 arrays, in memory for small inputs and
 in files on disk otherwise (mapped only while a region is read or written, so they never add to
 the process's resident memory). Each sampling step runs the network over overlapping tiles,

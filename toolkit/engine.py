@@ -11,17 +11,18 @@ guidance and DDNM data consistency. Two canvases exist:
   float32 arrays (in memory or on disk) updated cell by cell, the network run on overlapping tiles,
   noise drawn from a positional field (:class:`toolkit.noise.NoiseField`).
 
-:func:`ensemble` draws ``options.samples`` samples (optionally mirrored: the flip self-ensemble)
-and accumulates their mean and spread the same way for both.
+:func:`ensemble_flips` makes the ensemble of ``options.samples`` samples (optionally mirrored:
+the flip self-ensemble) for both; its mean is the output and its spread the uncertainty.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from toolkit.guidance import classifier_free, require_linear
@@ -196,7 +197,12 @@ def sample_canvas(
             if callback is not None:
                 callback(-1, None, None)
         for cell in canvas.cells:
-            estimate = canvas.read("x0", cell) if options.regression_start else canvas.interpolated(cell)
+            if options.regression_start:
+                estimate = canvas.read("x0", cell)
+                if options.consistency == "every_step":  # DDNM corrects every data prediction
+                    estimate = canvas.consistent(estimate, cell)
+            else:
+                estimate = canvas.interpolated(cell)
             t0 = timesteps_like(schedule.t[0], estimate)
             canvas.write("z", cell, process.q_sample(estimate, t0, canvas.noise(1, cell), condition(cell)))
     for i, t in enumerate(schedule.t):
@@ -225,22 +231,21 @@ def flip_dims(k: int, spatial_dims: int) -> tuple[int, ...]:
     return tuple(d for d in range(spatial_dims) if (k % 2**spatial_dims) >> d & 1)
 
 
-def welford(mean: Any, m2: Any, value: Any, k: int) -> tuple[Any, Any]:
-    """Running mean and sum of squared deviations after sample ``k`` (0-based): tensors or arrays."""
-    delta = value - mean
-    mean = mean + delta / (k + 1)
-    return mean, m2 + delta * (value - mean)
+def ensemble_flips(options: SamplerOptions, spatial_dims: int) -> list[tuple[int, ...]]:
+    """The ensemble: one entry per sample, the spatial axes its input is mirrored along (none without ``flip_ensemble``).
 
-
-def ensemble(options: SamplerOptions, spatial_dims: int, draw: Callable[[int, tuple[int, ...]], None]) -> int:
-    """Call ``draw(k, flips)`` for every sample ``k`` of the ensemble; returns the number of samples.
-
-    ``flips`` are the spatial axes mirrored for member ``k`` (none without ``flip_ensemble``).
+    The mean of the samples is the output and their (unbiased) standard deviation the uncertainty;
+    in memory the members run as one batch, streamed one after another (a running mean and spread).
     """
-    k_samples = max(1, int(options.samples))
-    for k in range(k_samples):
-        draw(k, flip_dims(k, spatial_dims) if options.flip_ensemble else ())
-    return k_samples
+    return [flip_dims(k, spatial_dims) if options.flip_ensemble else () for k in range(max(1, int(options.samples)))]
+
+
+def mirror(x: Any, flips: tuple[int, ...], first_spatial: int = 2) -> Any:
+    """``x`` (tensor or array) mirrored along the spatial ``flips`` (axes counted from ``first_spatial``)."""
+    if not flips:
+        return x
+    axes = tuple(first_spatial + d for d in flips)
+    return x.flip(axes) if isinstance(x, torch.Tensor) else np.ascontiguousarray(np.flip(x, axes))
 
 
 # --- in memory -----------------------------------------------------------------------------------------
@@ -254,7 +259,8 @@ class MemoryCanvas(Canvas):
         options: sampling options (guidance, consistency).
         noise: a ``torch.Generator`` (draws in call order) or a positional :class:`NoiseField`
             (draws by position and key, as the streamed path does).
-        member: the ensemble member (part of the positional noise key).
+        members: ensemble members in the batch: item ``j`` is member ``j // (B / members)``
+            (the positional noise key ``(member, draw)``, plus the item's index when above 0).
         tiling: run the network tile by tile, blending inside every step.
         precision: ``bf16`` or ``fp16`` runs the network under autocast (the sampler's arithmetic
             stays float32).
@@ -269,7 +275,7 @@ class MemoryCanvas(Canvas):
         y: torch.Tensor,
         options: SamplerOptions,
         noise: torch.Generator | NoiseField,
-        member: int = 0,
+        members: int = 1,
         tiling: Tiling | None = None,
         precision: Precision = "32",
     ) -> None:
@@ -277,7 +283,8 @@ class MemoryCanvas(Canvas):
         self.hr_shape = operator.hr_shape(y.shape[2:])
         self.state_shape = (y.shape[0], *space.state_shape(y.shape[1], self.hr_shape))
         self.cells = [tuple(slice(0, n) for n in self.state_shape[2:])]
-        self.source, self.member, self.precision = noise, member, precision
+        self.source, self.precision = noise, precision
+        self.per_member = max(1, y.shape[0] // max(1, members))
         net = tiling.wrap(denoiser) if tiling is not None else denoiser
         self.model_fn = classifier_free(net, process, space.condition(y, self.hr_shape), options.guidance_scale)
         self.fields: dict[str, torch.Tensor] = {}
@@ -297,9 +304,10 @@ class MemoryCanvas(Canvas):
             n = torch.randn(self.state_shape, generator=self.source, device=self.source.device, dtype=torch.float32)
         else:
             spatial = self.state_shape[2:]
+            keys = [divmod(j, self.per_member) for j in range(self.state_shape[0])]
             n = torch.stack([
-                torch.from_numpy(self.source.region((self.member, draw, *((b,) if b else ())), [0] * len(spatial), spatial))
-                for b in range(self.state_shape[0])
+                torch.from_numpy(self.source.region((k, draw, *((b,) if b else ())), [0] * len(spatial), spatial))
+                for k, b in keys
             ])
         return n.to(device=self.y.device, dtype=self.y.dtype)
 
@@ -351,22 +359,15 @@ def sample_sr_with_uncertainty(
         ``(B, C, *spatial_hr)`` normalised mean and standard deviation.
     """
     check_options(options, space)
-    acc: dict[str, Any] = {}
-
-    def draw(k: int, flips: tuple[int, ...]) -> None:
-        dims = [2 + d for d in flips]
-        yk = y.flip(dims) if flips else y
-        canvas = MemoryCanvas(denoiser, process, space, operator, yk, options, generator, k, tiling, precision)
-        sample_canvas(canvas, process, options, callback)
-        assert canvas.output is not None
-        x = canvas.output.flip(dims) if flips else canvas.output
-        if k == 0:
-            acc["mean"], acc["m2"] = x, torch.zeros_like(x)
-        else:
-            acc["mean"], acc["m2"] = welford(acc["mean"], acc["m2"], x, k)
-
-    k = ensemble(options, y.ndim - 2, draw)
-    return acc["mean"], None if k == 1 else (acc["m2"] / (k - 1)).sqrt()
+    flips = ensemble_flips(options, y.ndim - 2)
+    batch = torch.cat([mirror(y, f) for f in flips])  # sample k of item b at k * B + b
+    canvas = MemoryCanvas(denoiser, process, space, operator, batch, options, generator, len(flips), tiling, precision)
+    sample_canvas(canvas, process, options, callback)
+    assert canvas.output is not None
+    if len(flips) == 1:
+        return canvas.output, None
+    x = torch.stack([mirror(xk, f) for xk, f in zip(canvas.output.chunk(len(flips)), flips)])
+    return x.mean(0), x.std(0)
 
 
 @torch.no_grad()

@@ -43,11 +43,11 @@ from toolkit.engine import (
     Precision,
     SamplerOptions,
     check_options,
-    ensemble,
+    ensemble_flips,
+    mirror,
     network_calls,
     network_precision,
     sample_canvas,
-    welford,
 )
 from toolkit.guidance import classifier_free
 from toolkit.noise import NoiseField
@@ -179,13 +179,13 @@ class _Frame:
 
     def read(self, region: Region) -> np.ndarray:
         arr = self.read_lr(self._true(region, self.lr_shape))
-        return np.flip(arr, tuple(1 + a for a in self.flips)) if self.flips else arr
+        return mirror(arr, self.flips, first_spatial=1)
 
     def out_region(self, region: Region, hr_shape: Sequence[int]) -> Region:
         return self._true(region, hr_shape)
 
     def out_value(self, value: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(np.flip(value, tuple(1 + a for a in self.flips))) if self.flips else value
+        return mirror(value, self.flips, first_spatial=1)
 
 
 class StreamLayout:
@@ -230,6 +230,13 @@ class StreamLayout:
                     self.weight[_region([x - y for x, y in zip(a, tlo)], [x - y for x, y in zip(b, tlo)])]
                 )
         return out
+
+
+def welford(mean: np.ndarray, m2: np.ndarray, value: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Running mean and sum of squared deviations after sample ``k`` (0-based)."""
+    delta = value - mean
+    mean = mean + delta / (k + 1)
+    return mean, m2 + delta * (value - mean)
 
 
 # --- the streamed canvas -----------------------------------------------------------------------------
@@ -476,8 +483,9 @@ def stream_upscale(
         )
         whole_lr = tuple(slice(0, n) for n in lr_shape)
 
-        def draw(k: int, flips: tuple[int, ...]) -> None:
-            def emit(region: Region, value: np.ndarray) -> None:
+        for k, flips in enumerate(ensemble_flips(options, len(hr_shape))):
+
+            def emit(region: Region, value: np.ndarray, k: int = k) -> None:
                 """Hand one finished output region on: written (one sample) or accumulated."""
                 if k_samples == 1:
                     write_hr(region, np.ascontiguousarray(value))
@@ -492,8 +500,6 @@ def stream_upscale(
                 tiling, precision, whole_projection, lambda: read_lr(whole_lr),
             )
             sample_canvas(canvas, model.process, options, lambda i, z, x0: bar.update(1))
-
-        ensemble(options, len(hr_shape), draw)
         if k_samples > 1:
             assert mean is not None and m2 is not None
             for cell in layout.cells:

@@ -126,7 +126,8 @@ TINY = [
 
 
 @pytest.mark.parametrize("name", ["sr_x2", "sr_x4"])
-def test_configs_parse(name: str) -> None:
+def test_configs_parse(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the config's data paths are relative to the repository (other tests change directory)
     cli = lightning_main(["--config", str(ROOT / "configs" / "satellite" / f"{name}.yaml"), "--trainer.logger=false"], run=False)
     assert cli.datamodule.val_blocks == [(3, 1)]
     assert cli.model.operator.spec()["type"] == "sensor_mtf" and cli.model.denoiser.channels == 7

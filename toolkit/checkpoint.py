@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from toolkit.denoiser import UNetDenoiser, denoiser_from_config
 from toolkit.engine import Precision, SamplerOptions, sample_sr_with_uncertainty
+from toolkit.noise import NoiseField
 from toolkit.normalization import Normalization
 from toolkit.operators import Operator, operator_from_spec
 from toolkit.process import Process, process_from_spec
@@ -66,19 +67,23 @@ class SRModel:
     def upscale(
         self,
         y: torch.Tensor,
-        generator: torch.Generator,
+        generator: torch.Generator | NoiseField,
         options: SamplerOptions | None = None,
         callback: Callback | None = None,
         tiling: Tiling | None = None,
     ) -> torch.Tensor:
-        """Super-resolve ``y`` ``(B, C, *spatial)`` in data units; returns data units."""
+        """Super-resolve ``y`` ``(B, C, *spatial)`` in data units; returns data units.
+
+        ``generator`` is the source of every random draw: a ``torch.Generator``, or a positional
+        :class:`toolkit.noise.NoiseField` (the streamed path's noise).
+        """
         return self.upscale_with_uncertainty(y, generator, options, callback, tiling)[0]
 
     @torch.no_grad()
     def upscale_with_uncertainty(
         self,
         y: torch.Tensor,
-        generator: torch.Generator,
+        generator: torch.Generator | NoiseField,
         options: SamplerOptions | None = None,
         callback: Callback | None = None,
         tiling: Tiling | None = None,
@@ -107,7 +112,7 @@ def upscale_any_size(
     model: SRModel,
     y: torch.Tensor,
     options: SamplerOptions,
-    generator: torch.Generator,
+    generator: torch.Generator | NoiseField,
     callback: Callback | None = None,
     tiling: Tiling | None = None,
     precision: Precision = "32",

@@ -24,10 +24,13 @@ Orders: faces 10, mri 20, satellite 30, images 90 (images reads any other file, 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from domains.files import atomic_target, check_decoded_size
 
 if TYPE_CHECKING:
     from toolkit.checkpoint import SRModel
@@ -147,11 +150,32 @@ class UpscaleRequest(ModelRequest):
     workdir: str | Path | None = None
 
     def __post_init__(self) -> None:
+        """Refuse the output paths before any work: existing without ``overwrite``, a missing folder, the map on the output."""
         self.src, self.dst = Path(self.src), Path(self.dst)
+        if not self.src.is_dir():  # a folder of face crops goes to a folder, made when written
+            atomic_target(self.dst, self.overwrite)
+        if self.uncertainty is not None:
+            self.uncertainty = Path(self.uncertainty)
+            if self.uncertainty.resolve() in (self.dst.resolve(), self.src.resolve()):
+                raise InputError(f"{self.uncertainty}: the uncertainty map must be a file of its own, not the input or the output")
+            atomic_target(self.uncertainty, self.overwrite)
 
     @property
     def inputs(self) -> list[Path]:
         return [self.src]
+
+    def check_uncertainty(self, suffixes: Sequence[str] | None) -> None:
+        """Refuse an uncertainty map the domain cannot write (``suffixes``: its formats; ``None``: the domain checks)."""
+        if self.uncertainty is None or suffixes is None:
+            return
+        if not suffixes:
+            raise InputError(f"{self.uncertainty}: this checkpoint's domain writes no uncertainty map")
+        if not str(self.uncertainty).lower().endswith(tuple(suffixes)):
+            raise InputError(f"{self.uncertainty}: an uncertainty map is written as {' or '.join(suffixes)}")
+
+    def check_output_size(self, pixels: int, factors: Sequence[int]) -> None:
+        """Refuse an output of ``pixels`` input pixels times ``factors`` above the limit on decoded pixels."""
+        check_decoded_size(self.src, pixels * math.prod(factors), "the output")
 
     def load(self) -> tuple[SRModel, SamplerOptions]:
         model, options = super().load()
@@ -177,13 +201,49 @@ class EvaluateRequest(ModelRequest):
 
     hr_files: Sequence[str | Path] = ()
     out_dir: str | Path = "."
-    overwrite: bool = True
     degradation_seed: int = 0
     holdout: int | None = None
 
     @property
     def inputs(self) -> list[Path]:
         return [Path(f) for f in self.hr_files]
+
+    def validate(self, check: Callable[[Path], object], outputs: Sequence[str] = ()) -> None:
+        """Refuse the whole request before any work (see :func:`check_evaluation`)."""
+        check_evaluation(self.hr_files, self.out_dir, self.overwrite, check, outputs)
+
+
+#: the files every evaluation writes into its folder
+REPORT_FILES = ("metrics.json", "report.html")
+
+
+def check_evaluation(
+    files: Sequence[str | Path], out_dir: str | Path, overwrite: bool, check: Callable[[Path], object], outputs: Sequence[str] = ()
+) -> Path:
+    """Refuse an evaluation before any work, and create its folder only then.
+
+    Every file must exist and pass ``check`` (the domain's header reader: readable, the right
+    kind, within the size limit); ``out_dir`` must be a folder or not exist yet, and without
+    ``overwrite`` hold none of :data:`REPORT_FILES` or ``outputs`` (other names it writes).
+
+    Returns:
+        ``out_dir``, created.
+    """
+    if not files:
+        raise InputError("no high-resolution files given")
+    for f in map(Path, files):
+        if not f.exists():
+            raise FileNotFoundError(f"{f}: file not found")
+        check(f)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: the evaluation's output (--out) must be a folder")
+    if not overwrite:
+        for name in (*REPORT_FILES, *outputs):
+            if (out / name).exists():
+                raise FileExistsError(f"{out / name}: output exists (use --overwrite to replace it)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 class Domain:
@@ -198,6 +258,8 @@ class Domain:
     name: str = ""
     #: lower asks first (see the module docstring)
     order: int = 50
+    #: the formats it writes an uncertainty map in (``()``: none; ``None``: its upscale checks ``--uncertainty``)
+    uncertainty_suffixes: tuple[str, ...] | None = None
 
     def owns(self, request: Request) -> bool:
         """Whether ``request`` is this domain's whatever its input: its checkpoint's kind, or an option only it takes."""
@@ -234,7 +296,17 @@ def registered() -> tuple[Domain, ...]:
 
 
 def select(request: Request) -> Domain:
-    """The domain that takes ``request``: the checkpoint's owner first, then the input's reader (see the module docstring)."""
+    """The domain that takes ``request``: the checkpoint's owner first, then the input's reader (see the module docstring).
+
+    An upscale's ``uncertainty`` path is checked against the chosen domain's formats here, before any work.
+    """
+    domain = _select(request)
+    if isinstance(request, UpscaleRequest):
+        request.check_uncertainty(domain.uncertainty_suffixes)
+    return domain
+
+
+def _select(request: Request) -> Domain:
     domains = registered()
     for domain in domains:
         if domain.owns(request):

@@ -78,10 +78,7 @@ def upscale(
     (face checkpoints) restores the faces of a photo and upscales the rest (bicubic, or the image
     checkpoint ``background``).
     """
-    request = UpscaleRequest(**locals())  # the arguments above, by name
-    for target in (dst, uncertainty):
-        if target is not None and Path(target).exists() and not overwrite:
-            raise FileExistsError(f"{target}: output exists (use --overwrite to replace it)")
+    request = UpscaleRequest(**locals())  # the arguments above, by name (checks the output paths first)
     return select(request).upscale(request)
 
 
@@ -95,7 +92,7 @@ def evaluate(
     device: str = "cpu",
     progress: bool = True,
     model: SRModel | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     tiling: Tiling | None | Literal["auto"] = "auto",
     samples: int | None = None,
     precision: str = "32",
@@ -105,7 +102,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Degrade each high-resolution file with the checkpoint's operator, upscale it, and score it against baselines.
 
-    Writes ``out_dir/metrics.json`` and ``out_dir/report.html`` and returns the metrics. Face
+    Writes ``out_dir/metrics.json`` and ``out_dir/report.html`` (an existing one only with
+    ``overwrite``) and returns the metrics. Every file and the folder are checked before any work. Face
     checkpoints degrade blindly (seed ``degradation_seed``; ``holdout``: the people a portrait
     folder holds back).
     """

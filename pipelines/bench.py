@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -49,9 +50,14 @@ def run_bench(
     from monai.networks.schedulers import DDIMScheduler
 
     nd = len(size)
+    levels = len(num_channels)
+    multiple = math.lcm(2, 2 ** (levels - 1))  # the x2 operator's factor and the network's downsampling
+    if nd not in (2, 3) or any(int(s) < 1 or int(s) % multiple for s in size):
+        raise ValueError(f"--size {' '.join(map(str, size))}: give 2 or 3 sizes, each a positive multiple of {multiple}")
+    if min(batch, channels, steps, repeats) < 1:
+        raise ValueError("--batch, --channels, --steps and --repeats must be >= 1")
     dev = torch.device(device)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    levels = len(num_channels)
     net = UNetDenoiser(
         spatial_dims=nd,
         channels=channels,

@@ -2,18 +2,56 @@
 
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI (``--config`` YAML with
 ``class_path``/``init_args``); ``degrade``, ``upscale``, ``evaluate``, ``demo`` and ``bench`` are
-plain commands. Errors in the input end with one line on stderr and a non-zero exit status.
+plain commands. Errors in the input (a file, an option, a full disk) end with one line on stderr
+and exit status 2; SIGINT and SIGTERM end with one line and ``128 + signal`` after every
+temporary file is removed (they unwind as exceptions through the writers' clean-up).
+``DIFFSR_DEBUG=1`` shows the traceback of an error instead of its line.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 EXIT_INPUT = 2
+#: errors that are the input's or the machine's (a file, an option, a full disk), not a bug: one line each
+INPUT_ERRORS = (ValueError, OSError, ImportError)
+DEBUG_ENV = "DIFFSR_DEBUG"
+EPILOG = (
+    "fit/validate/test/predict take a LightningCLI config: diffsr fit --config configs/images/sr3_x2.yaml. "
+    f"Errors print one line and exit with status 2 ({DEBUG_ENV}=1 shows the traceback instead); "
+    "SIGINT/SIGTERM remove every temporary file and exit with 128 + the signal number."
+)
+
+
+class Interrupted(BaseException):
+    """SIGTERM as an exception: it unwinds through every ``finally`` (temporary files removed) like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class UsageError(Exception):
+    """A command-line option is invalid (argparse's message, with the command's name)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``diffsr COMMAND: error: ...``), without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: error: {message}")
 
 
 def lightning_main(args: Sequence[str], run: bool = True):  # type: ignore[no-untyped-def]
@@ -32,10 +70,8 @@ def lightning_main(args: Sequence[str], run: bool = True):  # type: ignore[no-un
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="diffsr",
-        description="Diffusion super-resolution: fit, upscale, degrade, evaluate, bench, demo.",
-        epilog="fit/validate/test/predict take a LightningCLI config: diffsr fit --config configs/images/sr3_x2.yaml",
+    p = _Parser(
+        prog="diffsr", description="Diffusion super-resolution: fit, upscale, degrade, evaluate, bench, demo.", epilog=EPILOG
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in LIGHTNING_COMMANDS:
@@ -50,29 +86,31 @@ def _parser() -> argparse.ArgumentParser:
         help="area (box), gaussian (blur + decimate), kspace (k-space truncation), slice (slice-thickness averaging), "
         "mtf (per-band sensor PSF set by --mtf, then decimation; rasters)",
     )
-    d.add_argument("--volume-index", type=int, default=None, help="volume of a 4D NIfTI file to use")
-    d.add_argument("--mtf", type=float, default=0.3, help="MTF at the coarse grid's Nyquist for --operator mtf (default 0.3)")
+    d.add_argument("--volume-index", type=_count(0), default=None, help="volume of a 4D NIfTI file to use")
+    d.add_argument("--mtf", type=_real(0, 1, above=True), default=0.3, help="MTF at the coarse grid's Nyquist for --operator mtf (default 0.3)")
     d.add_argument("--bands", type=_band_list, default=None, help="raster bands to keep, 1-based, e.g. 2,3,4")
     d.add_argument("--faces", action="store_true", help="apply the seeded blind face degradation (blur, resize, noise, JPEG)")
     d.add_argument("--seed", type=int, default=0, help="seed of the face degradation")
-    d.add_argument("--size", type=int, default=None, help="face degradation: model size of the crop")
+    d.add_argument("--size", type=_count(1), default=None, help="face degradation: model size of the crop")
     d.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _max_pixels_arg(d)
 
     u = sub.add_parser("upscale", help="super-resolve an image with a trained checkpoint")
     u.add_argument("input")
     u.add_argument("output")
     u.add_argument("--checkpoint", required=True, help="checkpoint written by 'diffsr fit'")
     u.add_argument("--scale", type=_factors, default=None, help="expected factor (2, or 1,1,4 per axis); refused if the checkpoint's differs")
-    u.add_argument("--volume-index", type=int, default=None, help="volume of a 4D NIfTI file to use")
+    u.add_argument("--volume-index", type=_count(0), default=None, help="volume of a 4D NIfTI file to use")
     _sampling_args(u)
-    u.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (1 = none)")
-    u.add_argument("--eta", type=float, default=None, help="DDIM eta (0 deterministic)")
+    u.add_argument("--guidance", type=_real(), default=None, help="classifier-free guidance weight (1 = none)")
+    u.add_argument("--eta", type=_real(0), default=None, help="DDIM eta (0 deterministic)")
     u.add_argument("--uncertainty", default=None, metavar="FILE", help="write the per-pixel std over --samples (16-bit)")
     u.add_argument("--bands", type=_band_list, default=None, help="raster bands, 1-based (default: the checkpoint's)")
     u.add_argument("--whole-photo", action="store_true", help="face checkpoints: find faces in a photo, restore and paste them back")
     u.add_argument("--background-checkpoint", default=None, help="with --whole-photo: image checkpoint for the rest (default bicubic)")
     u.add_argument("--workdir", default=None, help="folder for the on-disk sampling state of large rasters")
     u.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _max_pixels_arg(u)
 
     e = sub.add_parser("evaluate", help="degrade, upscale and compare with bicubic; writes metrics.json and report.html")
     e.add_argument("--checkpoint", required=True)
@@ -80,21 +118,23 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, metavar="DIR", help="output folder")
     e.add_argument("--bands", type=_band_list, default=None, help="raster bands, 1-based (default: the checkpoint's)")
     e.add_argument("--degradation-seed", type=int, default=0, help="faces: seed of the blind degradations")
-    e.add_argument("--holdout", type=int, default=None, help="faces: evaluate the held-back people of a portrait folder")
+    e.add_argument("--holdout", type=_count(1), default=None, help="faces: evaluate the held-back people of a portrait folder")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing metrics.json and report")
     _sampling_args(e)
+    _max_pixels_arg(e)
 
     m = sub.add_parser("demo", help="train a small model on the shipped photos, evaluate it on held-back ones")
-    m.add_argument("--minutes", type=float, default=10.0, help="total time budget (training gets what evaluation leaves)")
+    m.add_argument("--minutes", type=_real(0, above=True), default=10.0, help="total time budget (training gets what evaluation leaves)")
     m.add_argument("--out", default="runs/demo", help="output folder")
     m.add_argument("--seed", type=int, default=0)
 
     b = sub.add_parser("bench", help="time one engine sampling step against the bare network and MONAI's inferer")
-    b.add_argument("--size", type=int, nargs="+", default=[128, 128], help="high-resolution spatial size")
-    b.add_argument("--batch", type=int, default=1)
-    b.add_argument("--channels", type=int, default=3)
-    b.add_argument("--steps", type=int, default=10, help="sampling steps per timed run")
-    b.add_argument("--repeats", type=int, default=5)
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--size", type=_count(1), nargs="+", default=[128, 128], help="high-resolution spatial size (2 or 3 sizes)")
+    b.add_argument("--batch", type=_count(1), default=1)
+    b.add_argument("--channels", type=_count(1), default=3)
+    b.add_argument("--steps", type=_count(1), default=10, help="sampling steps per timed run")
+    b.add_argument("--repeats", type=_count(1), default=5)
+    b.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, mps")
     return p
 
 
@@ -103,6 +143,65 @@ def _factors(text: str) -> int | tuple[int, ...]:
     if not parts or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: factors must be positive integers, e.g. 2 or 1,1,4")
     return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def _count(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer ``>= low``."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = low - 1
+        if n < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {low}")
+        return n
+
+    return parse
+
+
+def _real(low: float = -math.inf, high: float = math.inf, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``[low, high]`` (``low`` itself excluded when ``above``)."""
+    need = [f"{'>' if above else '>='} {low:g}"] * math.isfinite(low) + [f"<= {high:g}"] * math.isfinite(high)
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and (v > low if above else v >= low) and v <= high):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number {' and '.join(need)}".rstrip())
+        return v
+
+    return parse
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device that this machine and this PyTorch build have."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a device (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None and torch.version.hip is None:
+            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available in this PyTorch build")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise argparse.ArgumentTypeError(f"{text}: no such CUDA device ({count} visible)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text}: unsupported device (cpu, cuda, cuda:1, mps)")
+    return text
+
+
+def _max_pixels_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-pixels", type=_count(1), default=None, metavar="N",
+        help="refuse inputs and outputs of more than N decoded pixels (voxels); default $DIFFSR_MAX_PIXELS or 2**28",
+    )
 
 
 def _band_list(text: str) -> list[int]:
@@ -116,44 +215,120 @@ def _band_list(text: str) -> list[int]:
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
+    p.add_argument("--steps", type=_count(1), default=None, help="sampling steps (default: the checkpoint's)")
     from toolkit.samplers import sampler_names
 
     p.add_argument("--sampler", choices=sampler_names(), default=None, help="sampler (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    p.add_argument("--samples", type=int, default=None, help="average this many samples (posterior mean); default: the checkpoint's")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--samples", type=_count(1), default=None, help="average this many samples (posterior mean); default: the checkpoint's")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", choices=["32", "bf16", "fp16"], default="32", help="network precision (autocast)")
-    p.add_argument("--tile", type=int, default=None, help="tile (patch) size for the network, 0 for one pass (default 128 in 2D, 64 in 3D)")
-    p.add_argument("--overlap", type=int, default=None, help="overlap between tiles, with --tile (default a quarter of the tile)")
-    p.add_argument("--tile-batch", type=int, default=4, help="tiles per network call")
+    p.add_argument("--tile", type=_count(0), default=None, help="tile (patch) size for the network, 0 for one pass (default 128 in 2D, 64 in 3D)")
+    p.add_argument("--overlap", type=_count(0), default=None, help="overlap between tiles, with --tile (default a quarter of the tile)")
+    p.add_argument("--tile-batch", type=_count(1), default=4, help="tiles per network call")
 
 
 def _tiling(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from toolkit.tiling import Tiling
 
     if args.tile is None:
+        if args.overlap is not None:
+            raise UsageError(f"diffsr {args.command}: error: argument --overlap: needs --tile")
         return "auto"  # the domain's default (128/32 for images, 64/16 for volumes)
-    return Tiling(args.tile, args.tile // 4 if args.overlap is None else args.overlap, args.tile_batch) if args.tile > 0 else None
+    overlap = args.tile // 4 if args.overlap is None else args.overlap
+    if args.tile and overlap >= args.tile:
+        raise UsageError(f"diffsr {args.command}: error: argument --overlap: {overlap} must be smaller than --tile {args.tile}")
+    return Tiling(args.tile, overlap, args.tile_batch) if args.tile > 0 else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``diffsr`` on ``argv`` (default ``sys.argv[1:]``) and return the exit status.
+
+    0 on success; 2 with one line on stderr for invalid options and for errors in the input or
+    the machine (:data:`INPUT_ERRORS`, a full disk included); ``128 + signal`` with one line
+    after SIGINT or SIGTERM.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in LIGHTNING_COMMANDS:
-        lightning_main(argv)
-        return 0
-    args = _parser().parse_args(argv)
-    if args.command is None:
-        _parser().print_help()
-        return EXIT_INPUT
+    args = argparse.Namespace(command=argv[0] if argv and argv[0] in LIGHTNING_COMMANDS else None)
     try:
-        return _run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError, ImportError) as exc:
-        print(f"diffsr {args.command}: error: {exc}", file=sys.stderr)
+        with _signals_as_exceptions(), _warnings_as_lines(argv[0] if argv else ""):
+            if args.command is not None:
+                lightning_main(argv)
+                return 0
+            args = _parser().parse_args(argv)
+            if args.command is None:
+                _parser().print_help()
+                return EXIT_INPUT
+            return _run(args)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
         return EXIT_INPUT
+    except INPUT_ERRORS as exc:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"diffsr {args.command}: error: {_one_line(exc, args)}", file=sys.stderr)
+        return EXIT_INPUT
+    except (KeyboardInterrupt, Interrupted) as exc:
+        print(f"diffsr {args.command or ''}".rstrip() + ": interrupted", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
+
+
+@contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """Within the block, a warning prints as one line, ``diffsr COMMAND: warning: ...`` (no source line)."""
+    previous = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        print(f"diffsr {command}".rstrip() + f": warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
+@contextmanager
+def _signals_as_exceptions() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Interrupted` (SIGINT already raises ``KeyboardInterrupt``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(exc: BaseException, args: argparse.Namespace) -> str:
+    """``exc`` as one line naming its file: a full disk as ``path: no space left on device``."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = exc.filename or getattr(args, "output", None) or getattr(args, "out", None)
+        return f"{str(where) + ': ' if where else ''}{os.strerror(exc.errno).lower()}"
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Run a plain command under its ``--max-pixels`` (``None``: ``$DIFFSR_MAX_PIXELS`` or the default)."""
+    from domains.files import set_max_pixels
+
+    tiling = _tiling(args) if hasattr(args, "tile") else None
+    set_max_pixels(getattr(args, "max_pixels", None))
+    try:
+        return _command(args, tiling)
+    finally:
+        set_max_pixels(None)  # an in-process caller's next call starts from the default again
+
+
+def _command(args: argparse.Namespace, tiling: Any) -> int:
     from pipelines import api
 
     if args.command == "degrade":
@@ -165,14 +340,15 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "upscale":
         out = api.upscale(
             args.input, args.output, args.checkpoint, args.steps, args.sampler, args.guidance, args.eta,
-            args.seed, args.overwrite, args.device, tiling=_tiling(args), scale=args.scale,
+            args.seed, args.overwrite, args.device, tiling=tiling, scale=args.scale,
             samples=args.samples, uncertainty=args.uncertainty, precision=args.precision, volume_index=args.volume_index,
             bands=args.bands, whole_photo=args.whole_photo, background=args.background_checkpoint, workdir=args.workdir,
         )
         print(f"wrote {out}")
     elif args.command == "evaluate":
         report = api.evaluate(
-            args.checkpoint, args.hr, args.out, args.steps, args.sampler, args.seed, args.device, tiling=_tiling(args),
+            args.checkpoint, args.hr, args.out, args.steps, args.sampler, args.seed, args.device, overwrite=args.overwrite,
+            tiling=tiling,
             samples=args.samples, precision=args.precision, bands=args.bands,
             degradation_seed=args.degradation_seed, holdout=args.holdout,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 10.0, seed: int = 0
     from pipelines.api import evaluate
     from pipelines.cli import lightning_main
 
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise ValueError(f"--minutes {minutes}: the time budget must be a positive number of minutes")
     t0 = time.monotonic()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -44,7 +47,7 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 10.0, seed: int = 0
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     ckpt = out / "last.ckpt"
     print(f"diffsr demo: evaluating on held-back photos: {', '.join(p.name for p in HOLDOUT)}")
-    report = evaluate(ckpt, HOLDOUT, out / "eval", steps=EVAL_STEPS, seed=seed)
+    report = evaluate(ckpt, HOLDOUT, out / "eval", steps=EVAL_STEPS, seed=seed, overwrite=True)
     m = report["methods"]
     print()
     print(f"{'method':<10}{'PSNR (dB)':>12}{'SSIM':>10}{'consistency PSNR (dB)':>24}")

@@ -90,7 +90,8 @@ def _evaluate(domain: str, config: str, ckpt: Path, out: Path, steps: int) -> di
 
         data = yaml.safe_load((ROOT / config).read_text())["data"]["init_args"]
         r = evaluate_faces(
-            model, ROOT / data["root"], out, degradation_seed=0, holdout=int(data["val_count"]), steps=steps, samples=1
+            model, ROOT / data["root"], out, degradation_seed=0, holdout=int(data["val_count"]), steps=steps, samples=1,
+            overwrite=True,
         )
         items = int(r["files_evaluated"])
         methods = {"model": r["methods"]["restored"], "bicubic": r["methods"]["bicubic"]}
@@ -111,7 +112,7 @@ def _evaluate(domain: str, config: str, ckpt: Path, out: Path, steps: int) -> di
         data = yaml.safe_load((ROOT / config).read_text())["data"]["init_args"]
         val = data["val"] if isinstance(data["val"], list) else [data["val"]]
         files = [p for v in val for p in (sorted((ROOT / v).iterdir()) if (ROOT / v).is_dir() else [ROOT / v])]
-        r = evaluate(ckpt, files, out, steps=steps, samples=1, progress=False, model=model)
+        r = evaluate(ckpt, files, out, steps=steps, samples=1, progress=False, model=model, overwrite=True)
         items = len(files)
         base = "cubic" if domain == "mri" else "bicubic"
         methods = {"model": r["methods"]["diffsr"], "bicubic": r["methods"][base]}

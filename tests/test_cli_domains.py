@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 import rasterio
+from test_satellite_pipeline import make_checkpoint
 
 from domains.images.io import read_image
 from domains.satellite.normalize import raster_normalization
 from domains.satellite.operators import SensorMTFDownsample
 from pipelines.cli import main
-from tests.test_satellite_pipeline import make_checkpoint
 
 if TYPE_CHECKING:
     from conftest import CliFails

@@ -164,7 +164,7 @@ def test_bad_volumes_give_one_line_and_no_output(cli_fails: CliFails, ckpt3d: Pa
 
 
 def test_image_checkpoint_refuses_a_volume(cli_fails: CliFails, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.test_cli import _tiny_fit
+    from test_cli import _tiny_fit
 
     os.chdir(tmp_path)
     main(_tiny_fit(tmp_path))

@@ -107,7 +107,8 @@ def test_precedence_checkpoint_first_then_input() -> None:
 
 
 def test_whole_photo_needs_a_face_checkpoint(tmp_path: Path) -> None:
-    from tests.test_satellite_pipeline import make_checkpoint
+    from test_satellite_pipeline import make_checkpoint
+
     from toolkit.operators import AreaDownsample
 
     ckpt = make_checkpoint(tmp_path / "m.ckpt", 3, AreaDownsample(2), Normalization())
@@ -137,7 +138,7 @@ def test_blur_downsample_halo_makes_windows_exact(sigma: list[float]) -> None:
 )
 def test_domain_operators_load_from_a_fresh_interpreter(operator: Operator, kind: str, tmp_path: Path) -> None:
     """load_model finds the operators of domains/ through entry points, with only toolkit.checkpoint imported."""
-    from tests.test_satellite_pipeline import make_checkpoint
+    from test_satellite_pipeline import make_checkpoint
 
     assert operator.spec()["type"] == kind
     ckpt = make_checkpoint(tmp_path / f"{kind}.ckpt", 3, operator, Normalization())

@@ -154,13 +154,14 @@ def test_corrupt_file_fails_on_read_with_its_name(tmp_path: Path) -> None:
             r.read()
 
 
-def test_no_crs_is_refused(tmp_path: Path) -> None:
+def test_no_crs_is_read_unless_required(tmp_path: Path) -> None:
     path = tmp_path / "nocrs.tif"
     with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=1, dtype="uint16") as ds:
         ds.write(np.ones((1, 16, 16), dtype=np.uint16))
     with pytest.raises(RasterFileError, match="nocrs.tif: raster has no CRS"):
-        RasterReader(path)
-    assert RasterReader(path, require_crs=False).meta.crs is None
+        RasterReader(path, require_crs=True)
+    with RasterReader(path) as r:
+        assert r.meta.crs is None and not r.meta.georeferenced
 
 
 def test_all_nodata_is_refused(tmp_path: Path) -> None:

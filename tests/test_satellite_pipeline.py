@@ -181,15 +181,17 @@ def test_band_count_mismatch(tmp_path: Path, models: dict[str, SRModel]) -> None
     _no_leftovers(tmp_path, set())
 
 
-def test_no_crs(tmp_path: Path, models: dict[str, SRModel]) -> None:
+def test_no_crs_stays_without_georeferencing(tmp_path: Path, models: dict[str, SRModel]) -> None:
+    """A raster without CRS or geotransform is still a raster: processed in pixels, written without either."""
     src = tmp_path / "nocrs.tif"
     with rasterio.open(src, "w", driver="GTiff", width=32, height=32, count=3, dtype="uint8") as ds:
         ds.write(np.full((3, 32, 32), 90, dtype=np.uint8))
-    with pytest.raises(RasterFileError, match="no CRS"):
-        upscale_raster(src, tmp_path / "out.tif", models["rgb"], tiling=TILING, progress=False)
-    with pytest.raises(RasterFileError, match="no CRS"):
-        degrade_raster(src, tmp_path / "lr.tif", 2)
-    _no_leftovers(tmp_path, {"nocrs.tif"})
+    upscale_raster(src, tmp_path / "out.tif", models["rgb"], tiling=TILING, progress=False)
+    degrade_raster(src, tmp_path / "lr.tif", 2)
+    for name, size in (("out.tif", 64), ("lr.tif", 16)):
+        with rasterio.open(tmp_path / name) as ds:
+            assert ds.crs is None and ds.transform.is_identity and (ds.width, ds.height) == (size, size)
+    _no_leftovers(tmp_path, {"nocrs.tif", "out.tif", "lr.tif"})
 
 
 def test_corrupt_file(tmp_path: Path, models: dict[str, SRModel]) -> None:

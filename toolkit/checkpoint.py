@@ -39,6 +39,8 @@ class SRModel:
     normalization: Normalization
     options: SamplerOptions
     spec: dict[str, Any] = field(default_factory=dict)
+    #: the checkpoint the model came from (named in errors)
+    source: str = "the model"
 
     @property
     def channels(self) -> int:
@@ -101,9 +103,14 @@ class SRModel:
         p = next(self.denoiser.parameters())
         yn = self.normalization.normalize(y.to(device=p.device, dtype=p.dtype))
         opts = options or self.options
+        if not all(math.isfinite(v) for v in (opts.guidance_scale, opts.eta)):
+            raise ValueError(f"guidance {opts.guidance_scale} and eta {opts.eta} must be finite")
         x, std = sample_sr_with_uncertainty(
             self.denoiser, self.process, self.space, self.operator, yn, opts, generator, callback, tiling, precision
         )
+        if not bool(torch.isfinite(x).all()) or (std is not None and not bool(torch.isfinite(std).all())):
+            cause = "the input" if not bool(torch.isfinite(yn).all()) else "the weights or the normalisation"
+            raise ValueError(f"{self.source}: the output has NaN or Inf values ({cause} must be finite); nothing written")
         scale = torch.tensor(self.normalization.scale, dtype=x.dtype, device=x.device).reshape(1, -1, *([1] * self.spatial_dims))
         return self.normalization.denormalize(x), None if std is None else std * scale
 
@@ -147,10 +154,54 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     ckpt = load_weights_only(path, CheckpointError)
     if not isinstance(ckpt, dict) or "diffsr" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a diffsr checkpoint (no 'diffsr' model description)")
-    fmt = ckpt["diffsr"].get("format")
-    if fmt != CHECKPOINT_FORMAT:
+    spec = ckpt["diffsr"]
+    fmt = spec.get("format") if isinstance(spec, dict) else None
+    if isinstance(spec, dict) and fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {fmt!r} is not supported (expected {CHECKPOINT_FORMAT})")
+    problem = _description_problem(spec) or (None if isinstance(ckpt["state_dict"], dict) else "'state_dict' is not a dict")
+    if problem:
+        raise CheckpointError(f"{path}: invalid model description ({problem})")
     return ckpt
+
+
+def _is_int(value: Any, low: int = 1) -> bool:
+    """Whether ``value`` is an ``int >= low`` (not a bool, not a float)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_real(value: Any) -> bool:
+    """Whether ``value`` is a finite number (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _values(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _description_problem(spec: Any) -> str | None:
+    """What is wrong with the types of a model description (a tampered or foreign checkpoint), or ``None``."""
+    if not isinstance(spec, dict):
+        return f"the 'diffsr' entry is a {type(spec).__name__}, not a dict"
+    for key in ("denoiser", "operator", "space", "process", "normalization", "sampler", "domain"):
+        if not isinstance(spec.get(key, {}), dict) and not (key == "domain" and spec[key] is None):
+            return f"{key!r} is a {type(spec[key]).__name__}, not a dict"
+    sampler, norm = spec.get("sampler", {}), spec.get("normalization", {})
+    op = spec.get("operator", {})
+    factors = [("scale", spec.get("scale", 1)), ("operator factors", op.get("factors", 1)), ("operator factor", op.get("factor", 1))]
+    ints = [(k, spec.get(k, 1), 1) for k in ("channels", "spatial_dims")]
+    ints += [(f"sampler {k}", sampler.get(k, 1), 1) for k in ("steps", "samples")]
+    ints += [("sampler t_start", sampler["t_start"], 0)] if sampler.get("t_start") is not None else []
+    ints += [(name, v, 1) for name, value in factors for v in _values(value)]
+    for name, value, low in ints:
+        if not _is_int(value, low):
+            return f"{name} {value!r}: expected an integer >= {low}"
+    reals = [(f"sampler {k}", sampler[k]) for k in ("eta", "guidance_scale") if k in sampler]
+    reals += [("data_range", spec.get("data_range", 1.0))]
+    reals += [(f"normalization {k}", v) for k in ("offset", "scale") for v in _values(norm.get(k, []))]
+    for name, value in reals:
+        if not _is_real(value):
+            return f"{name} {value!r}: expected a finite number"
+    return None
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> SRModel:
@@ -164,13 +215,13 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> SRModel:
         process = process_from_spec(spec["process"])
         normalization = Normalization(**spec["normalization"])
         options = SamplerOptions(**spec["sampler"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: invalid model description ({exc})") from None
     weights = ckpt["state_dict"]
     _load_frozen(denoiser, _prefixed(weights, "ema.") or _prefixed(weights, "denoiser."), path, "weights")
     if isinstance(space, torch.nn.Module):  # a space with weights of its own (a latent space's autoencoder)
         _load_frozen(space, _prefixed(weights, "space."), path, "state-space weights")
-    return SRModel(denoiser, operator, space, process, normalization, options, spec).to(device)
+    return SRModel(denoiser, operator, space, process, normalization, options, spec, str(path)).to(device)
 
 
 def _prefixed(state: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -179,7 +230,11 @@ def _prefixed(state: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def _load_frozen(module: torch.nn.Module, state: dict[str, Any], path: str | Path, what: str) -> None:
-    """Load ``state`` strictly into ``module`` and freeze it for inference."""
+    """Load ``state`` strictly into ``module`` and freeze it for inference; refuse NaN or Inf weights."""
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            kind = "NaN" if bool(torch.isnan(value).any()) else "Inf"
+            raise CheckpointError(f"{path}: {what} contain {kind} ({name}; a diverged run?)")
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -119,8 +119,11 @@ class DiffusionSR(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=False)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        n = self.global_step
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step the optimizer, then the EMA (here, not in ``on_train_batch_end``, so that a checkpoint
+        saved by a callback at the end of a batch holds the EMA of that batch's step)."""
+        super().optimizer_step(*args, **kwargs)
+        n = self.global_step + 1  # steps taken, this one included (the trainer counts it after the hook)
         decay = min(self.ema_decay, (1 + n) / (10 + n))
         with torch.no_grad():
             for p_ema, p in zip(self.ema.parameters(), self.denoiser.parameters()):
@@ -186,8 +189,19 @@ class DiffusionSR(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diffsr"] = self.inference_spec()
+        # the draws of training (timesteps, noise, condition dropout) continue where they stopped
+        # on a resume: the same weights as an uninterrupted run with the same seed
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("rng")
+        rng = rng if isinstance(rng, dict) else {}
+        if isinstance(rng.get("torch"), torch.Tensor):
+            torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         spec = checkpoint.get("diffsr", {})
         self.domain = spec.get("domain", self.domain)
         if "normalization" in spec:

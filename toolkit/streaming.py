@@ -21,6 +21,12 @@ low-resolution window is exact; interpolation and decoding run on windows widene
 they equal the whole-array result. Data consistency is exact per cell for block-local operators
 (:attr:`toolkit.operators.Operator.block_local`: area, slice averaging); other operators are
 projected on widened windows, an approximation that :func:`stream_upscale` documents.
+
+Reliability: every region handed back is checked to be finite (a ``ValueError`` naming the
+likely cause otherwise, so a caller writing a file removes it). The on-disk state lives in a
+``diffsr-stream-*`` folder holding its owner's host and process id; it is removed on any
+exception, and a folder whose owner died without removing it (SIGKILL) is removed by the next
+run in the same folder.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -52,7 +60,7 @@ from toolkit.engine import (
 from toolkit.guidance import classifier_free
 from toolkit.noise import NoiseField
 from toolkit.tiling import Tiling, gaussian_weight, tile_starts
-from toolkit.utils import make_generator, upsample
+from toolkit.utils import make_generator, process_alive, upsample
 
 Region = tuple[slice, ...]
 ReadLR = Callable[[Region], np.ndarray]
@@ -60,6 +68,8 @@ WriteHR = Callable[[Region, np.ndarray], None]
 
 #: low-resolution samples of context on each side of a window (bicubic needs 2)
 LR_MARGIN = 2
+#: prefix of the on-disk state folders, and the file in each naming its owner (``host pid``)
+STATE_PREFIX, OWNER_FILE = "diffsr-stream-", "owner"
 
 
 # --- state storage -------------------------------------------------------------------------------
@@ -136,6 +146,64 @@ class DiskArray(StateArray):
     def zero(self) -> None:
         with open(self.path, "wb") as f:  # a sparse file of zeros
             f.truncate(self.nbytes)
+
+
+def remove_stale_state(workdir: str | Path | None = None) -> list[Path]:
+    """Remove the state folders in ``workdir`` (default: the temporary folder) whose owner process is gone.
+
+    Only folders whose owner file names this host and a process that no longer exists are
+    removed (a run killed with SIGKILL leaves one); folders of live runs, of other hosts, and
+    without an owner file are left alone.
+
+    Returns:
+        The folders removed.
+    """
+    host, removed = socket.gethostname(), []
+    for folder in Path(workdir or tempfile.gettempdir()).glob(f"{STATE_PREFIX}*"):
+        try:
+            owner_host, pid = (folder / OWNER_FILE).read_text().split()
+            stale = owner_host == host and not process_alive(int(pid))
+        except (OSError, ValueError):
+            continue
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _state_folder(stack: ExitStack, workdir: str | Path | None) -> str:
+    """A new state folder in ``workdir`` (removed when ``stack`` closes, on success or any exception) naming its owner."""
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix=STATE_PREFIX, dir=workdir))
+    Path(folder, OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    return folder
+
+
+# --- finiteness ----------------------------------------------------------------------------------
+def _nonfinite_cause(model: SRModel, options: SamplerOptions, weights: bool = True) -> str | None:
+    """What in the model or options is NaN or Inf (the likely cause of a non-finite output), or ``None``."""
+    norm = model.normalization
+    if not all(math.isfinite(v) for v in [*norm.offset, *norm.scale]):
+        return "the checkpoint's normalisation holds NaN or Inf"
+    if not math.isfinite(float(options.guidance_scale)):
+        return f"the guidance scale is {options.guidance_scale}"
+    if weights and not all(bool(torch.isfinite(p).all()) for p in model.denoiser.parameters()):
+        return "the checkpoint's weights hold NaN or Inf (a diverged training run?)"
+    return None
+
+
+def _finite_only(write: WriteHR, model: SRModel, options: SamplerOptions, what: str) -> WriteHR:
+    """``write`` that refuses a region holding NaN or Inf with a ``ValueError`` naming the likely cause."""
+
+    def checked(region: Region, value: np.ndarray) -> None:
+        if not np.isfinite(value).all():
+            cause = _nonfinite_cause(model, options) or (
+                "NaN or Inf in the checkpoint's weights or normalisation, or a non-finite guidance scale"
+            )
+            where = ", ".join(f"{s.start}:{s.stop}" for s in region)
+            raise ValueError(f"non-finite output ({what} at [{where}]): likely cause: {cause}")
+        write(region, value)
+
+    return checked
 
 
 # --- geometry ------------------------------------------------------------------------------------
@@ -437,9 +505,17 @@ def stream_upscale(
 
     Raises:
         ValueError: DDNM consistency at every step with an operator that is not block-local, or
-            with a state space that is not linear.
+            with a state space that is not linear; a non-finite normalisation or guidance scale
+            (before sampling); a non-finite output region (before it is handed on).
     """
     check_options(options, model.space)
+    remove_stale_state(workdir)
+    cause = _nonfinite_cause(model, options, weights=False)
+    if cause:
+        raise ValueError(f"non-finite output (refused before sampling): {cause}")
+    write_hr = _finite_only(write_hr, model, options, "output")
+    if write_std is not None:
+        write_std = _finite_only(write_std, model, options, "standard deviation")
     if model.space.stride != 1:
         _upscale_whole(model, read_lr, lr_shape, write_hr, options, seed, tiling, write_std, progress, precision)
         return
@@ -466,9 +542,7 @@ def stream_upscale(
     from tqdm.auto import tqdm
 
     with ExitStack() as stack:
-        folder = (
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="diffsr-stream-", dir=workdir)) if on_disk else None
-        )
+        folder = _state_folder(stack, workdir) if on_disk else None
 
         def array(name: str, channels: int, shape: Sequence[int]) -> StateArray:
             if folder is None:

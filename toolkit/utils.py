@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,8 +65,21 @@ def load_weights_only(path: str | Path, error: type[Exception], what: str = "che
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle (weights only) means an unusable file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise error(f"{path}: not a readable checkpoint ({first})") from None
+        raise error(f"{path}: not a readable checkpoint ({_load_problem(exc)})") from None
+
+
+#: the lines of torch's refusal that advise or explain instead of naming the problem (the advice to
+#: re-run with ``weights_only=False`` executes a malicious file's code: never repeat it)
+_TORCH_ADVICE = ("weights only load failed", "please file an issue", "check the documentation", "please use")
+
+
+def _load_problem(exc: Exception) -> str:
+    """The first sentence of ``exc`` that names what is wrong with the file, without torch's advice."""
+    for line in str(exc).splitlines():
+        sentence = re.split(r"(?<=\.)\s", line.strip())[0]
+        if sentence and not sentence.lower().startswith(_TORCH_ADVICE) and "weights_only" not in sentence:
+            return sentence
+    return f"{type(exc).__name__}: refused by the weights-only loader"
 
 
 def append_dims(x: torch.Tensor, target_ndim: int) -> torch.Tensor:
@@ -104,6 +119,17 @@ def upsample(y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     size = [int(n) for n in size]
     mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[nd]
     return F.interpolate(y, size=size, mode=mode, align_corners=False)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def has_float64(device: torch.device | str) -> bool:

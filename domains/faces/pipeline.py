@@ -27,13 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from domains.base import check_evaluation
 from domains.faces.data import PORTRAIT_CENTER, PORTRAIT_SIDE, crop_box, crop_square, load_face, resize, split_by_person
 from domains.faces.degradations import FaceDegradation, Output, evaluation_degradation
 from domains.faces.detect import FACE_MARGIN, FaceBox, detect_faces
 from domains.faces.plugin import face_state
-from domains.files import atomic_target, write_atomic
+from domains.files import atomic_target, check_decoded_size, write_atomic
 from domains.images.data import list_images
-from domains.images.io import ImageInfo, read_image, write_image
+from domains.images.io import ImageInfo, image_size, read_image, write_image
 from toolkit.checkpoint import CheckpointError, SRModel, load_model, read_checkpoint
 from toolkit.engine import SamplerOptions
 from toolkit.metrics import consistency_psnr, psnr, ssim
@@ -351,6 +352,8 @@ def degrade_face(
     size. ``size`` first resizes the input to ``size x size`` (the model grid).
     """
     src, dst = Path(src), Path(dst)
+    if size is not None and not size >= 1:
+        raise FaceInputError(f"--size {size}: the face size must be a positive number of pixels")
     atomic_target(dst, overwrite)
     data, info = read_image(src)
     if info.channels not in (1, 3):
@@ -450,6 +453,14 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
+def _check_reference(path: Path) -> None:
+    """Refuse a reference face from its header: unreadable, over the size limit, neither grey nor RGB."""
+    height, width, channels = image_size(path)
+    check_decoded_size(path, height * width)
+    if channels not in (1, 3):
+        raise FaceInputError(f"{path}: {channels} channels; faces are grey or RGB")
+
+
 def evaluate_faces(
     model: str | Path | SRModel | FaceModel,
     folder: str | Path | Sequence[str | Path],
@@ -467,7 +478,7 @@ def evaluate_faces(
     crop_center: Sequence[float] | None = None,
     crop_side: float | None = None,
     limit: int | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Degrade face crops blindly (seeded), restore them, and compare with bicubic upsampling of the degraded input.
@@ -489,8 +500,8 @@ def evaluate_faces(
     Writes ``out_dir/metrics.json``, ``out_dir/panel.png`` and ``out_dir/report.html``; returns the metrics.
     """
     fm = load_face_model(model, device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    files = list_images(folder if isinstance(folder, (str, Path)) else list(folder))
+    out = check_evaluation(files, out_dir, overwrite, _check_reference, ["panel.png"])
     deg = degradation or evaluation_degradation(scale)
     prep = _prepare(fm, folder, degradation_seed, deg, holdout, crop_center, crop_side, limit)
     options = fm.options(steps=steps, t_start=t_start, samples=samples)

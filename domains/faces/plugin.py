@@ -33,6 +33,7 @@ class FacesDomain(Domain):
 
     name = "faces"
     order = 10
+    uncertainty_suffixes = ()  # restoration writes no uncertainty map
 
     def owns(self, request: Request) -> bool:
         if isinstance(request, DegradeRequest):
@@ -57,7 +58,12 @@ class FacesDomain(Domain):
         model = r.model or r.checkpoint
         sampling: dict[str, Any] = {"steps": r.steps, "samples": r.samples, "seed": r.seed, "overwrite": r.overwrite, "device": r.device}
         if r.whole_photo:
-            restore_photo(r.src, r.dst, model, True, r.scale if isinstance(r.scale, int) else 2, r.background, **sampling)  # type: ignore[arg-type]
+            from domains.images.io import image_size
+
+            height, width, _ = image_size(r.src)
+            scale = r.scale if isinstance(r.scale, int) else 2
+            r.check_output_size(height * width, (scale, scale))
+            restore_photo(r.src, r.dst, model, True, scale, r.background, **sampling)  # type: ignore[arg-type]
         else:
             restore_faces(r.src, r.dst, model, **sampling)  # type: ignore[arg-type]
         return r.dst

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,17 +77,24 @@ class RandomCropDataset(Dataset):
 
 
 class FreshIndexSampler(Sampler[int]):
-    """Yields ``n`` indices, continuing where the previous epoch stopped (``epoch * n + i``)."""
+    """Yields ``n`` indices a pass, each pass continuing where the previous one stopped.
 
-    def __init__(self, n: int) -> None:
-        self.n, self.epoch = n, 0
+    Alone, pass ``e`` yields ``e * n + i``. Given ``position`` (the datamodule's count of items a
+    trainer has consumed, ``None`` outside a fit), each pass starts there instead: the count is
+    restored with the trainer's step from a checkpoint, so a run resumed mid-epoch draws the
+    items an uninterrupted run draws, whatever the global random state.
+    """
+
+    def __init__(self, n: int, position: Callable[[], int | None] | None = None) -> None:
+        self.n, self.position, self.start = n, position, 0
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        start = self.epoch * self.n
-        self.epoch += 1
+        consumed = self.position() if self.position is not None else None
+        start = self.start if consumed is None else consumed
+        self.start = start + self.n
         return iter(range(start, start + self.n))
 
 
@@ -118,12 +125,21 @@ class PairDataModule(pl.LightningDataModule):
         """
         return int(channels)
 
+    def consumed(self) -> int | None:
+        """Training items the attached trainer's steps have consumed (all ranks), ``None`` without one."""
+        t = self.trainer
+        if t is None:
+            return None
+        return t.global_step * t.accumulate_grad_batches * self.batch_size * t.world_size
+
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None
         n = len(self.train_set)  # type: ignore[arg-type]
+        # own generator: making the loader's iterator draws no number from the global random
+        # state, whose stream (training noise) a resume restores from the checkpoint
         return DataLoader(
-            self.train_set, batch_size=self.batch_size, sampler=FreshIndexSampler(n), num_workers=self.num_workers,
-            drop_last=True,
+            self.train_set, batch_size=self.batch_size, sampler=FreshIndexSampler(n, self.consumed),
+            num_workers=self.num_workers, drop_last=True, generator=torch.Generator().manual_seed(0),
         )  # fmt: skip
 
     def val_dataloader(self) -> DataLoader | list:

@@ -7,19 +7,22 @@ and is renamed into place, so a failure never leaves a partial or changed output
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from domains.files import atomic_target, write_atomic
+from domains.files import atomic_target, check_decoded_size, max_pixels, silenced, write_atomic
 
-__all__ = ["ImageFileError", "ImageInfo", "atomic_target", "read_image", "write_atomic", "write_image"]
+__all__ = ["ImageFileError", "ImageInfo", "atomic_target", "image_size", "read_image", "write_atomic", "write_image"]
 
 PNG_SUFFIXES = {".png"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
 PIL_SUFFIXES = {".jpg", ".jpeg", ".bmp", ".webp"}
 IMAGE_SUFFIXES = PNG_SUFFIXES | TIFF_SUFFIXES | PIL_SUFFIXES
+T = TypeVar("T")
 
 
 class ImageFileError(ValueError):
@@ -43,24 +46,19 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
 
     Raises:
         ImageFileError: missing file, unknown suffix, unreadable content, or unsupported dtype.
+        ValueError: more pixels than :func:`domains.files.max_pixels` (checked from the header, before decoding).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageFileError(f"{path}: file not found")
+    height, width, _ = image_size(path)
+    check_decoded_size(path, height * width)
     suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise ImageFileError(f"{path}: not an image file (expected one of {sorted(IMAGE_SUFFIXES)})")
-    try:
-        arr = _read_png(path) if suffix in PNG_SUFFIXES else _read_tiff(path) if suffix in TIFF_SUFFIXES else _read_pil(path)
-    except ImageFileError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every reader error becomes one clear message
-        raise ImageFileError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+    reader = _read_png if suffix in PNG_SUFFIXES else _read_tiff if suffix in TIFF_SUFFIXES else _read_pil
+    arr = _reading(path, reader)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3:
         raise ImageFileError(f"{path}: expected a 2D grey or colour image, got array of shape {arr.shape}")
-    if arr.shape[2] in (2, 4):  # drop alpha
+    if arr.shape[2] in (2, 4):  # drop alpha (image_size counts the same channels)
         arr = arr[:, :, :-1]
     if arr.dtype == np.uint8:
         depth = 8
@@ -72,6 +70,76 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
         raise ImageFileError(f"{path}: empty image")
     data = np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32) / _max_value(depth)
     return data, ImageInfo(bit_depth=depth, channels=data.shape[0])
+
+
+def image_size(path: str | Path) -> tuple[int, int, int]:
+    """``(height, width, channels)`` of an image (as :func:`read_image` gives it) from its header alone.
+
+    Raises:
+        ImageFileError: missing file, unknown suffix, or an unreadable header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageFileError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageFileError(f"{path}: not an image file (expected one of {sorted(IMAGE_SUFFIXES)})")
+    return _reading(path, _png_size if suffix in PNG_SUFFIXES else _tiff_size if suffix in TIFF_SUFFIXES else _pil_size)
+
+
+def _reading(path: Path, reader: Callable[[Path], T]) -> T:
+    """``reader(path)``, every reader error as one :class:`ImageFileError` naming the file."""
+    try:
+        with silenced("tifffile", "PIL"):
+            return reader(path)
+    except (ImageFileError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every reader error becomes one clear message
+        name = type(exc).__name__
+        detail = str(exc) if str(exc).startswith(name) else f"{name}: {exc}"  # pypng's messages name their class
+        raise ImageFileError(f"{path}: cannot read image ({detail})") from None
+
+
+def _png_size(path: Path) -> tuple[int, int, int]:
+    import png
+
+    reader = png.Reader(filename=str(path))
+    try:
+        reader.preamble()
+        return reader.height, reader.width, 3 if reader.colormap else reader.color_planes
+    finally:
+        reader.file.close()
+
+
+def _tiff_layout(shape: tuple[int, ...]) -> tuple[int, int, bool]:
+    """``(height, width, planar)`` of a TIFF page array of ``shape``."""
+    planar = len(shape) == 3 and shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4)
+    return (shape[1], shape[2], True) if planar else (shape[0], shape[1] if len(shape) > 1 else 1, False)
+
+
+def _tiff_size(path: Path) -> tuple[int, int, int]:
+    import tifffile
+
+    with tifffile.TiffFile(str(path)) as tif:
+        shape = tuple(tif.series[0].shape)
+    height, width, planar = _tiff_layout(shape)
+    channels = shape[0] if planar else shape[2] if len(shape) == 3 else 1
+    return height, width, channels - 1 if channels in (2, 4) else channels
+
+
+def _pil_size(path: Path) -> tuple[int, int, int]:
+    import warnings
+
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS = max_pixels()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as im:  # lazy: reads the header only
+                return im.height, im.width, 1 if im.mode in ("L", "I;16") else 3
+        except Image.DecompressionBombError:  # above twice the limit: Pillow refuses before we see the size
+            raise ImageFileError(f"{path}: image has over {2 * limit} pixels, more than the limit {limit} (raise it with --max-pixels)") from None
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -91,15 +159,19 @@ def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
     arr = tifffile.imread(str(path))
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
-        arr = arr.transpose(1, 2, 0)  # planar
-    return arr
+    return arr.transpose(1, 2, 0) if _tiff_layout(arr.shape)[2] else arr  # planar: channels last
 
 
 def _read_pil(path: Path) -> np.ndarray:
+    import warnings
+
     from PIL import Image
 
-    with Image.open(path) as im:
+    Image.MAX_IMAGE_PIXELS = max_pixels()
+    with warnings.catch_warnings():  # the size was checked by image_size
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    with im:
         if im.mode not in ("L", "RGB", "I;16"):
             im = im.convert("RGB")
         return np.asarray(im)

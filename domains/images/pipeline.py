@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from domains.base import InputError
-from domains.files import atomic_target, write_atomic
-from domains.images.io import read_image, write_image
+from domains.base import InputError, check_evaluation
+from domains.files import atomic_target, check_decoded_size, write_atomic
+from domains.images.io import image_size, read_image, write_image
 from domains.images.report import write_report
 from toolkit.checkpoint import SRModel, upscale_any_size
 from toolkit.engine import SamplerOptions
@@ -38,7 +38,10 @@ def make_operator(kind: str, scale: int | Sequence[int], spatial_dims: int = 2) 
 
     ``area`` and ``gaussian`` take a factor per axis; ``kspace`` (k-space truncation) too;
     ``slice`` (slice-thickness averaging) takes the slice axis from the one factor above 1.
+    ``scale`` is one factor for every axis, or one per axis (``spatial_dims`` of them).
     """
+    if not isinstance(scale, int) and len(scale) != spatial_dims:
+        raise InputError(f"--scale {','.join(map(str, scale))}: {len(scale)} factors for a {spatial_dims}D input (give 1 or {spatial_dims})")
     if kind == "area":
         return AreaDownsample(scale, spatial_dims=spatial_dims)
     if kind == "gaussian":
@@ -69,8 +72,8 @@ def degrade_image(
     """
     dst = Path(dst)
     atomic_target(dst, overwrite)
-    data, info = read_image(src)
     op = make_operator(operator, scale)
+    data, info = read_image(src)
     data = crop_to_multiple(data, op.factors)
     if min(data.shape[1:]) == 0:
         raise InputError(f"{src}: image is smaller than the scale factor {scale}")
@@ -120,6 +123,25 @@ def check_image_model(model: SRModel, source: str | Path, channels: int | None =
         raise InputError(f"{source}: image has {channels} channel(s) but the checkpoint was trained on {model.channels}")
 
 
+#: the smallest side SSIM takes (its Gaussian window of 11 px is reflected by 5 at the borders)
+SSIM_MIN_SIDE = 6
+
+
+def check_image_size(source: str | Path, shape: Sequence[int], model: SRModel, least: int = 1) -> None:
+    """Refuse an output grid ``shape`` ``(H, W)`` under ``least`` px a side, or that ``model``'s network cannot take.
+
+    Padded to the network's multiple ``m``, an output within ``m`` px on every side reaches the
+    network's coarsest level as one pixel, which its group normalisation refuses.
+    """
+    m = model.multiple
+    if min(shape) < least or max(shape) <= m:
+        raise InputError(
+            f"{source}: image too small for this checkpoint: its output grid would be {shape[-1]}x{shape[-2]} px "
+            f"(at least {least} px a side after cropping to the scale x{'x'.join(map(str, model.scale))}, "
+            f"and over {m} px, the network's multiple, on one side)"
+        )
+
+
 def upscale_image(
     src: str | Path,
     dst: str | Path,
@@ -141,6 +163,7 @@ def upscale_image(
     check_image_model(model, src)
     data, info = read_image(src)
     check_image_model(model, src, info.channels)
+    check_image_size(src, [n * f for n, f in zip(data.shape[1:], model.scale)], model)
     x, std = upscale_array(model, torch.from_numpy(data)[None], options, seed, progress, Path(src).name, tiling, precision)
     write_image(dst, x[0].numpy(), info.bit_depth, overwrite=overwrite)
     if uncertainty is not None and std is not None:
@@ -173,16 +196,23 @@ def evaluate_images(
     tiling: Tiling | None = IMAGE_TILING,
     progress: bool = True,
     precision: str = "32",
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Degrade each image with the checkpoint's operator, upscale it, compare with bicubic.
 
-    Writes ``out_dir/metrics.json`` and ``out_dir/report.html`` (with PNG crops) and returns the metrics.
+    Writes ``out_dir/metrics.json`` and ``out_dir/report.html`` (with PNG crops) and returns the
+    metrics. Every reference (its header and size) and the output folder are checked before any
+    work (:func:`domains.base.check_evaluation`); the folder is made only then.
     """
-    if not hr_files:
-        raise InputError("no high-resolution files given")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_image_model(model, hr_files[0] if hr_files else "image")
+
+    def check(f: Path) -> None:
+        height, width, channels = image_size(f)
+        check_decoded_size(f, height * width)
+        check_image_model(model, f, channels)
+        check_image_size(f, [n - n % s for n, s in zip((height, width), model.scale)], model, max(SSIM_MIN_SIDE, *model.scale))
+
+    out = check_evaluation(hr_files, out_dir, overwrite, check)
     results: list[FileResult] = []
     for f in hr_files:
         data, info = read_image(f)

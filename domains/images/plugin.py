@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from domains.base import DegradeRequest, Domain, EvaluateRequest, UpscaleRequest
+from domains.images.io import image_size
 
 
 class ImagesDomain(Domain):
@@ -13,6 +14,7 @@ class ImagesDomain(Domain):
 
     name = "images"
     order = 90
+    uncertainty_suffixes = (".png", ".tif", ".tiff")  # 16-bit
 
     def accepts(self, path: Path) -> bool:
         return True
@@ -25,8 +27,10 @@ class ImagesDomain(Domain):
     def upscale(self, request: UpscaleRequest) -> Path:
         from domains.images.pipeline import IMAGE_TILING, upscale_image
 
+        height, width, _ = image_size(request.src)
         model, options = request.load()
         request.check_scale(model.scale)
+        request.check_output_size(height * width, model.scale)
         return upscale_image(
             request.src, request.dst, model, options, request.seed, request.tiles(IMAGE_TILING), request.overwrite,
             request.progress, request.precision, request.uncertainty,

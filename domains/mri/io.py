@@ -10,13 +10,15 @@ the data type travel with the volume.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from domains.files import write_atomic
+from domains.files import check_decoded_size, silenced, write_atomic
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -48,34 +50,74 @@ def read_volume(path: str | Path, volume_index: int | None = None) -> tuple[np.n
 
     Raises:
         MRIFileError: missing or non-NIfTI file, unreadable content, 4D without ``volume_index``,
-            an index out of range, more than 4 dimensions, or NaN/infinite values.
+            an index out of range, more than 4 dimensions, NaN/infinite values, a voxel size not
+            positive and finite, or a singular or non-finite affine.
+        ValueError: more voxels than :func:`domains.files.max_pixels` (checked from the header).
     """
-    import nibabel as nib
-
     path = Path(path)
-    if not path.is_file():
-        raise MRIFileError(f"{path}: file not found")
-    if not is_nifti(path):
-        raise MRIFileError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
+    img = _load(path, volume_index)
     try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
+        data = np.asanyarray(img.dataobj if len(img.shape) == 3 else img.dataobj[..., volume_index])
     except Exception as exc:  # noqa: BLE001 - any reader failure is one clear message
         raise MRIFileError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from None
-    if data.ndim == 4:
-        if volume_index is None:
-            raise MRIFileError(f"{path}: 4D volume of shape {data.shape}; choose one volume with a volume index (0..{data.shape[3] - 1})")
-        if not 0 <= volume_index < data.shape[3]:
-            raise MRIFileError(f"{path}: volume index {volume_index} out of range 0..{data.shape[3] - 1}")
-        data = data[..., volume_index]
-    elif data.ndim != 3:
-        raise MRIFileError(f"{path}: expected a 3D volume, got shape {data.shape}")
     data = np.asarray(data, dtype=np.float32)
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise MRIFileError(f"{path}: {bad} voxel(s) are NaN or infinite")
     meta = VolumeMeta(affine=np.asarray(img.affine, dtype=np.float64), header=img.header.copy(), dtype=img.get_data_dtype())
     return data, meta
+
+
+def volume_shape(path: str | Path, volume_index: int | None = None) -> tuple[int, int, int]:
+    """The ``(X, Y, Z)`` shape of a volume from its header alone, after the checks of :func:`read_volume` that need no voxel."""
+    return tuple(_load(Path(path), volume_index).shape[:3])  # type: ignore[return-value]
+
+
+def _raw_pixdim(path: Path) -> tuple[float, ...] | None:
+    """The voxel sizes ``pixdim[1:4]`` as the file stores them (``None``: not a NIfTI-1 or NIfTI-2 header)."""
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    for kind in (nib.Nifti1Header, nib.Nifti2Header):
+        with ImageOpener(str(path)) as f:
+            try:
+                header = kind.from_fileobj(f, check=False)
+            except Exception:  # noqa: BLE001, S112 - the other header kind, or nibabel's load says what is wrong
+                continue
+        return tuple(float(v) for v in header["pixdim"][1:4])
+    return None
+
+
+def _load(path: Path, volume_index: int | None) -> Any:
+    """The lazily loaded NIfTI image, its header checked: shape, volume index, size limit, voxel sizes, affine."""
+    import nibabel as nib
+
+    if not path.is_file():
+        raise MRIFileError(f"{path}: file not found")
+    if not is_nifti(path):
+        raise MRIFileError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
+    try:
+        pixdim = _raw_pixdim(path)  # before nibabel's load quietly sets zero voxel sizes to 1
+        with silenced("nibabel", "nibabel.global"):
+            img = nib.load(str(path))
+        shape, affine = img.shape, np.asarray(img.affine, dtype=np.float64)
+        zooms = pixdim if pixdim is not None else img.header.get_zooms()[:3]
+    except Exception as exc:  # noqa: BLE001 - any reader failure is one clear message
+        raise MRIFileError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from None
+    if len(shape) == 4:
+        if volume_index is None:
+            raise MRIFileError(f"{path}: 4D volume of shape {shape}; choose one volume with a volume index (0..{shape[3] - 1})")
+        if not 0 <= volume_index < shape[3]:
+            raise MRIFileError(f"{path}: volume index {volume_index} out of range 0..{shape[3] - 1}")
+    elif len(shape) != 3:
+        raise MRIFileError(f"{path}: expected a 3D volume, got shape {shape}")
+    check_decoded_size(path, math.prod(shape[:3]), "volume")
+    sizes = [(float(z), float(a)) for z, a in zip(zooms, np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))]  # header, affine
+    if not all(math.isfinite(v) and v > 0 for pair in sizes for v in pair):
+        raise MRIFileError(f"{path}: voxel size (header, affine) {sizes} mm is not positive and finite")
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12 * max(1.0, float(np.abs(affine[:3, :3]).max()) ** 3):
+        raise MRIFileError(f"{path}: the voxel-to-world affine is singular or not finite (the file's geometry is broken)")
+    return img
 
 
 def scaled_affine(affine: np.ndarray, factors: Sequence[float]) -> np.ndarray:

@@ -26,11 +26,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from domains.base import InputError
+from domains.base import InputError, check_evaluation
 from domains.files import atomic_target, write_atomic
 from domains.images.pipeline import crop_to_multiple, make_operator, upscale_array
 from domains.mri.data import volume_normalization
-from domains.mri.io import MRIFileError, VolumeMeta, read_volume, reduced_affine, scaled_affine, write_volume
+from domains.mri.io import (
+    MRIFileError,
+    VolumeMeta,
+    is_nifti,
+    read_volume,
+    reduced_affine,
+    scaled_affine,
+    volume_shape,
+    write_volume,
+)
 from domains.mri.metrics import cubic_spline, masked_psnr, masked_ssim, trilinear
 from domains.mri.normalize import foreground_mask
 from toolkit.checkpoint import SRModel
@@ -58,8 +67,8 @@ def degrade_volume(
     """
     dst = Path(dst)
     atomic_target(dst, overwrite)
-    data, meta = read_volume(src, volume_index)
     op = make_operator(operator, scale, spatial_dims=3)
+    data, meta = read_volume(src, volume_index)
     data = crop_to_multiple(data[None], op.factors)[0]
     if min(data.shape) == 0:
         raise InputError(f"{src}: volume {data.shape} is smaller than the factors {op.factors}")
@@ -208,8 +217,10 @@ def upscale_volume(
     """Super-resolve a NIfTI volume; the output has the finer grid's affine and the input's header and dtype."""
     dst = Path(dst)
     for target in (dst, uncertainty):
-        if target is not None and Path(target).exists() and not overwrite:
-            raise FileExistsError(f"{target}: output exists (use --overwrite to replace it)")
+        if target is not None:
+            atomic_target(Path(target), overwrite)
+    if uncertainty is not None and not is_nifti(uncertainty):
+        raise MRIFileError(f"{uncertainty}: an uncertainty map is written as .nii or .nii.gz")
     check_volume_model(model, src)
     lr, meta = read_volume(src, volume_index)
     factors = volume_factors(model)
@@ -237,25 +248,29 @@ def evaluate_volumes(
     tiling: Tiling | None = None,
     progress: bool = True,
     precision: str = "32",
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Degrade each volume with the checkpoint's operator, super-resolve it, compare with trilinear and cubic spline.
 
     PSNR and SSIM are 3D, within the head (voxels above half of Otsu's threshold of the
     reference), with the reference's intensity range as the data range; consistency is the PSNR
     of ``A(sr)`` against the input. Writes ``metrics.json``, ``report.html`` with PNG panels, and
-    each super-resolved volume as NIfTI.
+    each super-resolved volume as NIfTI. Every reference (its header) and the output folder are
+    checked before any work (:func:`domains.base.check_evaluation`); the folder is made only then.
     """
-    if not hr_files:
-        raise MRIFileError("no reference volumes given")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_volume_model(model, hr_files[0] if hr_files else "volume")
     factors = volume_factors(model)
+
+    def check(f: Path) -> None:
+        shape = volume_shape(f)
+        if any(n < s for n, s in zip(shape, factors)):
+            raise MRIFileError(f"{f}: volume {shape} is smaller than the factors {factors}")
+
+    out = check_evaluation(hr_files, out_dir, overwrite, check, [f"{_stem(f)}_diffsr.nii.gz" for f in hr_files])
     op3d = model.operator if model.spatial_dims == 3 else _volume_operator(model, factors)
     results: list[VolumeResult] = []
     panels: list[tuple[str, dict[str, np.ndarray]]] = []
     for f in hr_files:
-        check_volume_model(model, f)
         hr, meta = read_volume(f)
         hr = hr[tuple(slice(0, n - n % s) for n, s in zip(hr.shape, factors))]
         y = op3d.A(torch.from_numpy(hr)[None, None].double())[0, 0].float().numpy()
@@ -274,7 +289,7 @@ def evaluate_volumes(
         if std is not None:
             err = np.abs(sr - hr)[mask]
             metrics["diffsr"]["uncertainty_error_corr"] = float(np.corrcoef(std[mask], err)[0, 1])
-        stem = Path(f).name.split(".nii")[0]
+        stem = _stem(f)
         write_volume(out / f"{stem}_diffsr.nii.gz", sr, meta, meta.affine, overwrite=overwrite)
         results.append(VolumeResult(str(f), metrics))
         panels.append((stem, _panels(hr, y, methods, std, factors)))
@@ -290,6 +305,10 @@ def evaluate_volumes(
     write_atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(report, indent=2)), overwrite=overwrite)
     _write_report(out, report, panels, overwrite)
     return report
+
+
+def _stem(path: str | Path) -> str:
+    return Path(path).name.split(".nii")[0]
 
 
 def _volume_operator(model: SRModel, factors: Sequence[int]):  # type: ignore[no-untyped-def]
@@ -321,7 +340,9 @@ def _panels(hr: np.ndarray, y: np.ndarray, methods: dict[str, np.ndarray], std: 
     def view(v: np.ndarray, index: int = c) -> np.ndarray:
         return np.clip((np.take(v, index, axis=plane_axis) - lo) / (hi - lo), 0, 1)[None]
 
-    inp = np.repeat(np.take(y, c, axis=plane_axis), factors[thick], axis=thick if thick < plane_axis else thick - 1)
+    inp = np.take(y, c // factors[plane_axis], axis=plane_axis)  # the input's plane at the reference's, nearest-neighbour up
+    for i, a in enumerate(a for a in range(3) if a != plane_axis):
+        inp = np.repeat(inp, factors[a], axis=i)
     out = {"input": np.clip((inp - lo) / (hi - lo), 0, 1)[None], "truth": view(hr)}
     out.update({name: view(v) for name, v in methods.items()})
     out["error"] = np.clip(np.abs(view(methods["diffsr"]) - view(hr)) * 4, 0, 1)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from domains.base import DegradeRequest, Domain, EvaluateRequest, InputError, UpscaleRequest
-from domains.mri.io import is_nifti
+from domains.mri.io import NIFTI_SUFFIXES, is_nifti, volume_shape
 
 
 class MRIDomain(Domain):
@@ -14,6 +15,7 @@ class MRIDomain(Domain):
 
     name = "mri"
     order = 20
+    uncertainty_suffixes = NIFTI_SUFFIXES
 
     def accepts(self, path: Path) -> bool:
         return is_nifti(path)
@@ -34,7 +36,9 @@ class MRIDomain(Domain):
 
             check_image_model(model, r.src)  # a 3D or slice-wise checkpoint refuses a 2D image
         check_volume_model(model, r.src)
-        r.check_scale(volume_factors(model))
+        factors = volume_factors(model)
+        r.check_scale(factors)
+        r.check_output_size(math.prod(volume_shape(r.src, r.volume_index)), factors)
         return upscale_volume(
             r.src, r.dst, model, options, r.seed, r.tiles(VOLUME_TILING), r.overwrite, r.volume_index, r.progress,
             r.precision, r.uncertainty,

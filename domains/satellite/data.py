@@ -8,7 +8,8 @@ allowed positions whose nodata fraction is at most ``max_nodata_fraction`` (most
 windows are never drawn); item ``i`` uses a generator seeded with ``(seed, i)``. Validation
 items are non-overlapping windows tiling each validation block, without nodata.
 
-The per-band normalisation (robust percentiles, nodata excluded) is computed over the
+Pixels holding NaN or Inf are missing, like nodata. The per-band normalisation (robust
+percentiles, nodata excluded) is computed over the
 pixels training windows may cover and exposed as ``normalization``, which
 :meth:`toolkit.lightning.DiffusionSR.setup` picks up and stores in the checkpoint.
 
@@ -211,6 +212,7 @@ class RasterDataModule(PairDataModule):
 
     def _scene(self, index: int, path: Path) -> RasterScene:
         with RasterReader(path, self.bands) as r:
+            r.check_has_data()  # a clear error for an all-nodata raster or a band without a finite value
             data = r.read_data(native=True)
             valid = r.read_valid()
         h, w = valid.shape

@@ -7,8 +7,11 @@ finer grid: the top-left corner stays where it is, the pixel size divides by ``s
 pixel axes (so a rotated or sheared transform keeps its rotation) and the bounds are unchanged.
 
 Masks: a pixel is invalid where *every* selected band is masked (rasterio's ``dataset_mask``
-rule, computed from the per-band masks so internal masks and NaN nodata count too). Values
-are returned in data units as float32 ``(C, h, w)``. The writer buffers each 256 x 256 block
+rule, computed from the per-band masks so internal masks and NaN nodata count too), or where
+any selected band holds NaN or Inf (a float raster without a nodata tag marks missing data so;
+such a pixel is missing, not a value, and :meth:`RasterReader.check_has_data` counts them in a
+:class:`NonFiniteWarning`). A raster without a CRS is read too: its output has no CRS either,
+and one without any geotransform keeps none. Values are returned in data units as float32 ``(C, h, w)``. The writer buffers each 256 x 256 block
 until it is complete and writes it once, so the output is compressed exactly once per block
 and a scene larger than memory is never held whole.
 """
@@ -23,10 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from domains.files import check_decoded_size
+
 __all__ = [
     "RASTER_SUFFIXES",
     "SUPPORTED_DTYPES",
     "RasterFileError",
+    "NonFiniteWarning",
     "RasterMeta",
     "RasterReader",
     "RasterWriter",
@@ -35,6 +41,7 @@ __all__ = [
     "finer_transform",
     "coarser_transform",
     "is_georeferenced",
+    "is_raster",
     "read_raster",
     "to_dtype",
 ]
@@ -47,7 +54,11 @@ Slices = tuple[slice, slice]
 
 
 class RasterFileError(ValueError):
-    """A raster is missing, corrupt, not a raster, not georeferenced, or all nodata (the message names the file)."""
+    """A raster is missing, corrupt, not a raster, or all nodata (the message names the file)."""
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """A raster holds NaN or Inf pixels; they are treated as nodata (the message says how many)."""
 
 
 @dataclass(frozen=True)
@@ -97,9 +108,35 @@ class RasterMeta:
         xs, ys = zip(*(self.transform @ (c, r) for c, r in ((0, 0), (self.width, 0), (0, self.height), (self.width, self.height))))
         return (min(xs), min(ys), max(xs), max(ys))
 
+    @property
+    def georeferenced(self) -> bool:
+        """Whether the raster is placed anywhere: a CRS, or a geotransform other than the identity."""
+        return self.crs is not None or not self.transform.is_identity
+
+    @property
+    def float(self) -> bool:
+        """Whether the data type is floating point (it can hold NaN, so it can mark missing pixels without nodata)."""
+        return bool(np.issubdtype(np.dtype(self.dtype), np.floating))
+
+    @property
+    def marks_missing(self) -> bool:
+        """Whether missing pixels can be written: a nodata value, or NaN in a float raster."""
+        return self.nodata is not None or self.float
+
     def resized(self, height: int, width: int, transform: Any) -> RasterMeta:
         """The same bands and metadata on another grid."""
         return replace(self, height=int(height), width=int(width), transform=transform)
+
+    def rescaled(self, factors: Sequence[int], finer: bool = True) -> RasterMeta:
+        """The grid ``factors = (f_rows, f_cols)`` times finer (or coarser: sizes rounded down) over the same bounds.
+
+        A raster without georeferencing keeps the identity transform (it is in pixels, and so is the result).
+        """
+        fr, fc = factors
+        h, w = (self.height * fr, self.width * fc) if finer else (self.height // fr, self.width // fc)
+        if not self.georeferenced:
+            return self.resized(h, w, self.transform)
+        return self.resized(h, w, (finer_transform if finer else coarser_transform)(self.transform, factors))
 
 
 def is_georeferenced(path: str | Path) -> bool:
@@ -107,6 +144,21 @@ def is_georeferenced(path: str | Path) -> bool:
 
     ``False`` when rasterio is missing or cannot read the file (the reader says why, later).
     """
+    return _tiff_header(path, lambda src: src.crs is not None)
+
+
+def is_raster(path: str | Path) -> bool:
+    """Whether ``path`` is a TIFF for this domain: georeferenced, or with bands a picture cannot have.
+
+    Bands a picture cannot have: more than 4 (grey, grey + alpha, RGB, RGBA), or samples that
+    are not 8- or 16-bit unsigned integers (float32, int16). A 16-bit RGB TIFF without a CRS
+    stays a photo.
+    """
+    return _tiff_header(path, lambda src: src.crs is not None or src.count > 4 or any(d not in ("uint8", "uint16") for d in src.dtypes))
+
+
+def _tiff_header(path: str | Path, test: Any) -> bool:
+    """``test(dataset)`` on an open TIFF; ``False`` for other files and those rasterio cannot open (the reader says why, later)."""
     if not str(path).lower().endswith(RASTER_SUFFIXES) or not Path(path).is_file():
         return False
     try:
@@ -115,8 +167,8 @@ def is_georeferenced(path: str | Path) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with rasterio.open(path) as src:
-                return src.crs is not None
-    except Exception:  # noqa: BLE001 - unreadable here means "not a GeoTIFF"
+                return bool(test(src))
+    except Exception:  # noqa: BLE001 - unreadable here means "not a raster"
         return False
 
 
@@ -156,17 +208,18 @@ class RasterReader:
     """An open raster with selected bands; read windows as float32 data units plus a validity mask.
 
     Use as a context manager. Opening checks everything that can be checked without reading the
-    pixels: the file exists and is a raster, the band indexes exist, the dtype is supported, and
-    (unless ``require_crs`` is false) there is a CRS. Read failures of a corrupt file are
+    pixels: the file exists and is a raster, the band indexes exist, the dtype is supported, the
+    size is within the limit on decoded pixels (:func:`domains.files.check_decoded_size`), and
+    (with ``require_crs``) there is a CRS. Read failures of a corrupt file are
     reported as :class:`RasterFileError` naming the file.
 
     Args:
         path: GeoTIFF or COG (any GDAL raster opens, but outputs are GeoTIFF).
         bands: 1-based band indexes to read (e.g. ``[2, 3, 4]``); ``None`` reads all bands.
-        require_crs: refuse a raster without a CRS (outputs must line up in a GIS).
+        require_crs: refuse a raster without a CRS (for outputs that must line up in a GIS).
     """
 
-    def __init__(self, path: str | Path, bands: Sequence[int] | None = None, require_crs: bool = True) -> None:
+    def __init__(self, path: str | Path, bands: Sequence[int] | None = None, require_crs: bool = False) -> None:
         import rasterio
         from rasterio.errors import RasterioError
 
@@ -205,6 +258,7 @@ class RasterReader:
         dtype = dtypes.pop()
         if dtype not in SUPPORTED_DTYPES:
             raise RasterFileError(f"{self.path}: data type {dtype} is not supported (supported: {', '.join(SUPPORTED_DTYPES)})")
+        check_decoded_size(self.path, ds.width * ds.height, "raster")
         if require_crs and ds.crs is None:
             raise RasterFileError(
                 f"{self.path}: raster has no CRS (coordinate reference system); the output could not be "
@@ -244,10 +298,12 @@ class RasterReader:
             window: ``(rows, cols)`` slices inside the raster; ``None`` reads it all.
 
         Returns:
-            ``data`` ``(C, h, w)`` float32 in data units (nodata pixels hold the raw nodata value)
-            and ``valid`` ``(h, w)`` bool, false where every selected band is masked.
+            ``data`` ``(C, h, w)`` float32 in data units (nodata pixels hold the raw nodata value,
+            non-finite ones NaN or Inf) and ``valid`` ``(h, w)`` bool, false where every
+            selected band is masked or any is not finite.
         """
-        return self.read_data(window), self.read_valid(window)
+        data = self.read_data(window)
+        return data, self._masked(window) & _finite(data)
 
     def read_data(self, window: Slices | None = None, native: bool = False) -> np.ndarray:
         """``(C, h, w)`` float32 data units of a window (see :meth:`read`); the file's dtype with ``native``."""
@@ -260,7 +316,12 @@ class RasterReader:
             raise RasterFileError(f"{self.path}: cannot read pixels, the file may be corrupt or truncated ({_first_line(exc)})") from None
 
     def read_valid(self, window: Slices | None = None) -> np.ndarray:
-        """``(h, w)`` bool validity of a window: true where any selected band holds data."""
+        """``(h, w)`` bool validity of a window: true where any selected band holds data and all are finite."""
+        valid = self._masked(window)
+        return valid & _finite(self.read_data(window)) if self.meta.float else valid
+
+    def _masked(self, window: Slices | None) -> np.ndarray:
+        """``(h, w)`` bool: true where any selected band is unmasked (nodata and mask bands only)."""
         from rasterio.errors import RasterioError
 
         w = None if window is None else _window(self._check(window))
@@ -276,23 +337,44 @@ class RasterReader:
             raise ValueError(f"{self.path}: window {window} is outside the raster {self.meta.shape}")
         return window
 
-    def check_has_data(self, chunk: int = 1024) -> None:
-        """Raise :class:`RasterFileError` if every pixel is nodata (stops at the first valid window).
+    def check_has_data(self, chunk: int = 1024) -> int:
+        """Raise :class:`RasterFileError` if every pixel is nodata; count the non-finite pixels.
 
-        Also reads the pixel data of the first window, so a file whose pixels cannot be
-        decoded fails here, before any output is created.
+        Integer rasters stop at the first valid window. Float rasters are read whole, window by
+        window, to count the pixels that are not nodata but hold NaN or Inf (they are treated as
+        nodata, with a :class:`NonFiniteWarning`), and to refuse a band without any finite value.
+        Either way the pixel data of the first window is decoded, so a file whose pixels cannot
+        be decoded fails here, before any output is created.
+
+        Returns:
+            The number of non-finite pixels (0 for integer rasters).
         """
-        first = True
+        has_data, nonfinite = False, 0
+        finite_bands = np.zeros(self.meta.count, dtype=bool)
         for sl in block_windows(self.meta.shape, chunk):
-            if first:
-                self.read_data(sl)
-                first = False
-            if self.read_valid(sl).any():
-                return
-        raise RasterFileError(f"{self.path}: every pixel is nodata (nodata={self.meta.nodata}); nothing to process")
+            data, masked = self.read_data(sl), self._masked(sl)
+            ok = np.isfinite(data)
+            finite_bands |= ok.any(axis=(1, 2))
+            nonfinite += int((masked & ~ok.all(axis=0)).sum())
+            has_data |= bool((masked & ok.all(axis=0)).any())
+            if has_data and not self.meta.float:
+                return 0
+        empty = [b for b, ok in zip(self.meta.bands, finite_bands) if not ok]
+        if empty:
+            raise RasterFileError(f"{self.path}: band(s) {empty} hold no finite value (every pixel NaN or Inf)")
+        if not has_data:
+            raise RasterFileError(f"{self.path}: every pixel is nodata (nodata={self.meta.nodata}); nothing to process")
+        if nonfinite:
+            warnings.warn(f"{self.path}: {nonfinite} non-finite pixels treated as nodata", NonFiniteWarning, stacklevel=2)
+        return nonfinite
 
 
-def read_raster(path: str | Path, bands: Sequence[int] | None = None, require_crs: bool = True) -> tuple[np.ndarray, np.ndarray, RasterMeta]:
+def _finite(data: np.ndarray) -> np.ndarray:
+    """``(h, w)`` bool: true where every band of ``data`` ``(C, h, w)`` is finite."""
+    return np.isfinite(data).all(axis=0)
+
+
+def read_raster(path: str | Path, bands: Sequence[int] | None = None, require_crs: bool = False) -> tuple[np.ndarray, np.ndarray, RasterMeta]:
     """Read a whole raster: ``(C, H, W)`` float32 data units, ``(H, W)`` validity and metadata."""
     with RasterReader(path, bands, require_crs) as r:
         data, valid = r.read()
@@ -347,7 +429,8 @@ class RasterWriter:
     dtype) until all its pixels have been written, then written and compressed once, so the
     file does not grow from rewritten blocks and memory holds only the incomplete blocks.
     Values are rounded and clipped to the template's dtype; nodata, band descriptions, colour
-    interpretation, units, scales, offsets and tags are kept. Use :func:`domains.files.write_atomic`
+    interpretation, units, scales, offsets and tags are kept. Missing pixels are written as
+    nodata, or as NaN in a float raster without one. Use :func:`domains.files.write_atomic`
     around it so a failure leaves no file behind.
 
     Args:
@@ -378,7 +461,9 @@ class RasterWriter:
             "interleave": "pixel",
             "BIGTIFF": "IF_SAFER",
         }
-        self.ds = rasterio.open(Path(path), "w", **profile)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NotGeoreferencedWarning: a raster without georeferencing stays so
+            self.ds = rasterio.open(Path(path), "w", **profile)
         for i, desc in enumerate(meta.descriptions, start=1):
             if desc:
                 self.ds.set_band_description(i, desc)
@@ -414,7 +499,8 @@ class RasterWriter:
         Args:
             window: ``(rows, cols)`` slices of the output grid.
             data: values for the window.
-            valid: optional ``(h, w)`` bool; where false the pixel is written as nodata.
+            valid: optional ``(h, w)`` bool; where false the pixel is written as nodata (NaN in a
+                float raster without nodata).
         """
         rows, cols = window
         m = self.meta
@@ -422,9 +508,11 @@ class RasterWriter:
             raise ValueError(f"window {window} is outside the output grid {m.shape}")
         if data.shape != (m.count, rows.stop - rows.start, cols.stop - cols.start):
             raise ValueError(f"data of shape {data.shape} does not fit window {window} with {m.count} bands")
-        if valid is not None and m.nodata is None and not valid.all():
+        if valid is not None and not m.marks_missing and not valid.all():
             raise ValueError(f"{m.path}: invalid pixels to write but the raster has no nodata value")
         out = to_dtype(data, m.dtype, m.nodata, valid)
+        if valid is not None and m.nodata is None and m.float:
+            out[:, ~valid] = np.nan
         b = self.block
         for bi in range(rows.start // b, (rows.stop - 1) // b + 1):
             for bj in range(cols.start // b, (cols.stop - 1) // b + 1):
@@ -482,7 +570,7 @@ def crop_raster(src: str | Path, dst: str | Path, window: Slices, bands: Sequenc
                 for sl in block_windows(meta.shape, BLOCK):
                     src_sl = (slice(rows.start + sl[0].start, rows.start + sl[0].stop), slice(cols.start + sl[1].start, cols.start + sl[1].stop))
                     data, valid = r.read(src_sl)
-                    w.write(sl, data, valid if meta.nodata is not None else None)
+                    w.write(sl, data, valid if meta.marks_missing else None)
 
         write_atomic(dst, write, overwrite=overwrite)
     return dst

@@ -28,8 +28,8 @@ def robust_band_normalization(
 ) -> Normalization:
     """A per-band :class:`Normalization` mapping each band's ``low``..``high`` percentiles to -1..1.
 
-    Percentiles are taken over the valid pixels of all samples together (nodata excluded), so a
-    training set shares one mapping. Values beyond the percentiles stay outside [-1, 1] rather
+    Percentiles are taken over the valid pixels of all samples together (nodata, and pixels
+    with NaN or Inf in any band, excluded), so a training set shares one mapping. Values beyond the percentiles stay outside [-1, 1] rather
     than being clipped (reflectance of clouds and specular targets is kept), and
     ``denormalize`` undoes the mapping exactly.
 
@@ -52,12 +52,13 @@ def robust_band_normalization(
         flat = data.reshape(data.shape[0], -1)
         if valid is not None:
             flat = flat[:, np.asarray(valid, dtype=bool).reshape(-1)]
+        flat = flat[:, np.isfinite(flat).all(axis=0)]
         if chunks and flat.shape[0] != chunks[0].shape[0]:
             raise ValueError(f"samples have {chunks[0].shape[0]} and {flat.shape[0]} bands")
         if flat.shape[1]:
             chunks.append(flat.astype(np.float32, copy=False))
     if not chunks:
-        raise ValueError("no valid pixels to compute normalisation statistics from")
+        raise ValueError("no valid pixels (finite and not nodata) to compute normalisation statistics from")
     values = np.concatenate(chunks, axis=1)
     if values.shape[1] > max_pixels:
         keep = np.random.default_rng(seed).choice(values.shape[1], size=max_pixels, replace=False)

@@ -8,9 +8,11 @@
 * :func:`evaluate_rasters` degrades references with the model's operator, upscales them and
   scores per-band PSNR and SSIM, SAM, ERGAS and consistency against bicubic.
 
-Nodata: nodata pixels of the input are filled with the band's normalisation offset (its
-robust mid-range) before the model sees them, and the output is nodata wherever the input
-pixel it lies in was nodata (nearest-neighbour upsampled mask). Every output is written to a
+Nodata: nodata pixels of the input, and pixels holding NaN or Inf in any band (counted in a
+warning), are filled with the band's normalisation offset (its robust mid-range) before the
+model sees them, and the output is nodata (NaN in a float raster without nodata) wherever the
+input pixel it lies in was missing (nearest-neighbour upsampled mask). A raster without a CRS
+is processed as it is: the output has no CRS either (and no geotransform if it had none). Every output is written to a
 temporary file beside the target and renamed, so a failure leaves nothing behind.
 """
 
@@ -26,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from domains.base import check_evaluation
 from domains.files import atomic_target, write_atomic
 from domains.satellite.io import (
     RasterFileError,
@@ -33,8 +36,6 @@ from domains.satellite.io import (
     RasterReader,
     RasterWriter,
     block_windows,
-    coarser_transform,
-    finer_transform,
     to_dtype,
 )
 from domains.satellite.metrics import band_data_range, band_psnr, band_ssim, consistency_band_psnr, ergas, sam_degrees
@@ -102,7 +103,7 @@ def degrade_raster(
     Sizes not divisible by ``scale`` are cropped at the bottom/right first (the origin stays).
     The raster is processed in windows of ``window`` low-resolution pixels with enough context
     that the result equals the whole-raster operator. A low-resolution pixel is nodata when any
-    nodata pixel reaches it through the operator.
+    nodata or non-finite pixel reaches it through the operator.
 
     Args:
         src: GeoTIFF (any band count; uint8, uint16, int16 or float32).
@@ -115,7 +116,7 @@ def degrade_raster(
         window: low-resolution window side.
 
     Raises:
-        RasterFileError: unreadable, ungeoreferenced or all-nodata input, or one smaller than ``scale``.
+        RasterFileError: unreadable or all-nodata input, or one smaller than ``scale``.
         FileExistsError: ``dst`` exists and not ``overwrite``.
     """
     dst = Path(dst)
@@ -125,10 +126,10 @@ def degrade_raster(
     with _env(), RasterReader(src, bands) as reader:
         meta = reader.meta
         reader.check_has_data()
-        h, w = meta.height // fr, meta.width // fc
+        lr_meta = meta.rescaled(op.factors, finer=False)
+        h, w = lr_meta.shape
         if h == 0 or w == 0:
             raise RasterFileError(f"{src}: raster {meta.height}x{meta.width} is smaller than the factors {op.factors}")
-        lr_meta = meta.resized(h, w, coarser_transform(meta.transform, op.factors))
         # the operator's declared reach makes windowed A equal whole-raster A; a global one needs one window
         halo, window = (0, max(h, w)) if op.halo is None else (op.halo, window)
         hr_rows, hr_cols = h * fr, w * fc
@@ -146,7 +147,7 @@ def degrade_raster(
                     bad = op.A(torch.from_numpy((~valid).astype(np.float64))[None, None].expand(1, meta.count, -1, -1).contiguous())
                     lr_valid = bad[0].amax(0).numpy() <= 1e-12
                     crop = (slice(rows.start - r0 // fr, rows.stop - r0 // fr), slice(cols.start - c0 // fc, cols.stop - c0 // fc))
-                    out.write((rows, cols), y[(slice(None), *crop)], lr_valid[crop] if meta.nodata is not None else None)
+                    out.write((rows, cols), y[(slice(None), *crop)], lr_valid[crop] if meta.marks_missing else None)
 
         write_atomic(dst, write, overwrite=overwrite)
     return dst
@@ -230,7 +231,7 @@ def upscale_raster(
         _check_model(model, meta)
         reader.check_has_data()
         factors = model.operator.factors
-        hr_meta = meta.resized(meta.height * factors[0], meta.width * factors[1], finer_transform(meta.transform, factors))
+        hr_meta = meta.rescaled(factors)
         fill = _band_fill(model)
 
         def read_lr(region: Region) -> np.ndarray:
@@ -238,7 +239,7 @@ def upscale_raster(
             return _fill(data, valid, fill)
 
         def valid_of(region: Region) -> np.ndarray | None:
-            return _nearest_mask(reader, region, factors) if meta.nodata is not None else None
+            return _nearest_mask(reader, region, factors) if meta.marks_missing else None
 
         def write(tmp: Path) -> None:
             with RasterWriter(tmp, hr_meta) as out:
@@ -334,7 +335,7 @@ def evaluate_rasters(
     progress: bool = False,
     precision: str = "32",
     data_range: float | Sequence[float] | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     report: bool = True,
 ) -> dict[str, Any]:
     """Degrade each reference with the model's operator, upscale it, and compare with bicubic.
@@ -349,17 +350,26 @@ def evaluate_rasters(
     ``{x : A x = y}``, which shows what the model adds beyond data consistency).
 
     Writes ``out_dir/metrics.json`` and, with ``report``, ``out_dir/report.html`` with PNG crops.
+    Every reference (header, bands, size, that it has data) and the output folder are checked
+    before any work (:func:`domains.base.check_evaluation`); the folder is made only then.
 
     Raises:
         RasterFileError: bad input or a band count that does not match the checkpoint.
+        FileExistsError: a report exists in ``out_dir`` and not ``overwrite``.
     """
-    if not hr_files:
-        raise RasterFileError("no high-resolution rasters given")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     opts = options or model.options
     op = model.operator
     fr, fc = op.factors
+
+    def check(f: Path) -> None:
+        with _env(), RasterReader(f, bands) as reader:
+            meta = reader.meta
+            _check_model(model, meta)
+            if meta.height // fr < model.multiple or meta.width // fc < model.multiple:
+                raise RasterFileError(f"{f}: raster {meta.height}x{meta.width} is too small for the model")
+            reader.check_has_data()
+
+    out = check_evaluation(hr_files, out_dir, overwrite, check)
     fill = _band_fill(model)
     ranges = list(data_range) if isinstance(data_range, Sequence) else (
         [float(data_range)] * model.channels if data_range is not None else band_data_range(model.normalization, model.channels)
@@ -368,13 +378,9 @@ def evaluate_rasters(
     panels: list[tuple[str, dict[str, np.ndarray], tuple[int, int, int, int]]] = []
     with _env():
         for f in hr_files:
-            with RasterReader(f, bands) as reader:
+            with RasterReader(f, bands) as reader:  # checked above
                 meta = reader.meta
-                _check_model(model, meta)
-                reader.check_has_data()
                 h, w = meta.height // fr * fr, meta.width // fc * fc
-                if h < fr * model.multiple or w < fc * model.multiple:
-                    raise RasterFileError(f"{f}: raster {meta.height}x{meta.width} is too small for the model")
                 data, valid = reader.read((slice(0, h), slice(0, w)))
             hr = torch.from_numpy(_fill(data, valid, fill))[None].double()
             y = op.A(hr)

@@ -1,4 +1,4 @@
-"""The satellite domain as a plug-in: GeoTIFF/COG rasters, and the checkpoints marked ``kind: satellite``.
+"""The satellite domain as a plug-in: GeoTIFF/COG rasters (and multiband TIFFs without a CRS), and the checkpoints marked ``kind: satellite``.
 
 Older checkpoints carry no kind; their ``sensor_mtf`` operator marks them as satellite ones.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from domains.base import DegradeRequest, Domain, EvaluateRequest, InputError, Request, UpscaleRequest
-from domains.satellite.io import is_georeferenced
+from domains.satellite.io import RASTER_SUFFIXES, is_raster
 
 
 class SatelliteDomain(Domain):
@@ -17,6 +17,7 @@ class SatelliteDomain(Domain):
 
     name = "satellite"
     order = 30
+    uncertainty_suffixes = RASTER_SUFFIXES  # a float32 GeoTIFF
 
     def owns(self, request: Request) -> bool:
         if isinstance(request, DegradeRequest):  # options only rasters take
@@ -25,7 +26,8 @@ class SatelliteDomain(Domain):
         return super().owns(request) or legacy
 
     def accepts(self, path: Path) -> bool:
-        return is_georeferenced(path)
+        """GeoTIFFs, and TIFFs without a CRS whose bands no picture has (more than 4, or not 8/16-bit unsigned)."""
+        return is_raster(path)
 
     def degrade(self, request: DegradeRequest) -> Path:
         from domains.satellite.pipeline import degrade_raster

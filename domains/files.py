@@ -84,6 +84,10 @@ def remove_stale_temporaries(path: Path, suffix: str | None = None) -> list[Path
     return removed
 
 
+class NonFiniteWarning(RuntimeWarning):
+    """An input holds NaN or Inf pixels or voxels; they are treated as missing (the message says how many)."""
+
+
 class StaleFileWarning(RuntimeWarning):
     """A file an interrupted run left behind was found (and removed)."""
 

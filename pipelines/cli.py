@@ -15,6 +15,7 @@ import errno
 import json
 import math
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -268,6 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"diffsr {args.command}: error: {_one_line(exc, args)}", file=sys.stderr)
         return EXIT_INPUT
+    except pickle.UnpicklingError as exc:  # fit --ckpt_path: Lightning's weights-only load refused the file
+        from toolkit.utils import load_problem
+
+        path = next((a.split("=", 1)[1] if "=" in a else b for a, b in zip(argv, [*argv[1:], ""]) if a.startswith("--ckpt_path")), "")
+        print(f"diffsr {args.command}: error: {path + ': ' if path else ''}checkpoint refused ({load_problem(exc)})", file=sys.stderr)
+        return EXIT_INPUT
     except (KeyboardInterrupt, Interrupted) as exc:
         print(f"diffsr {args.command or ''}".rstrip() + ": interrupted", file=sys.stderr)
         return 128 + getattr(exc, "signum", signal.SIGINT)
@@ -275,17 +282,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextmanager
 def _warnings_as_lines(command: str) -> Iterator[None]:
-    """Within the block, a warning prints as one line, ``diffsr COMMAND: warning: ...`` (no source line)."""
-    previous = warnings.showwarning
+    """Within the block, a warning prints as one line, ``diffsr COMMAND: warning: ...`` (no source line).
 
-    def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
-        print(f"diffsr {command}".rstrip() + f": warning: {' '.join(str(message).split())}", file=sys.stderr)
+    Only the formatting changes: code that records warnings (``warnings.catch_warnings``) still does.
+    """
+    previous = warnings.formatwarning
 
-    warnings.showwarning = show
+    def one_line(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> str:
+        return f"diffsr {command}".rstrip() + f": warning: {' '.join(str(message).split())}\n"
+
+    warnings.formatwarning = one_line  # type: ignore[assignment]
     try:
         yield
     finally:
-        warnings.showwarning = previous
+        warnings.formatwarning = previous
 
 
 @contextmanager

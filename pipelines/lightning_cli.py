@@ -115,6 +115,11 @@ class DiffusionCLI(LightningCLI):
                 )
                 parser.error(f"{given[0]} is not given but linked from {source}")
         super().parse_arguments(parser, args)
+        # resuming (``--ckpt_path``) loads tensors and plain data only, as every diffsr load does:
+        # a checkpoint never executes code (``--weights_only false`` to read a foreign one)
+        sub = self.config.get("subcommand")
+        if sub and self.config[sub].get("weights_only", False) is None:
+            self.config[sub]["weights_only"] = True
 
 
 def build_cli(args: list[str], run: bool = True, **kwargs: Any) -> DiffusionCLI:

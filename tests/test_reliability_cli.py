@@ -229,6 +229,32 @@ def test_data_error_in_fit_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
         main(["degrade", str(missing / "a.png"), str(tmp_path / "b.png")])
 
 
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resuming_from_a_malicious_checkpoint_executes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fit --ckpt_path`` loads weights only, as every diffsr load does: the payload never runs."""
+    monkeypatch.chdir(tmp_path)
+    marker, evil = tmp_path / "PWNED", tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": _Payload(marker), "epoch": 0, "global_step": 0}, evil)
+    args = [
+        "fit", "--config", str(ROOT / "configs" / "images" / "sr3_x2.yaml"), "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.max_steps", "1",
+        "--data.init_args.train", str(ROOT / "data" / "natural" / "train"), "--ckpt_path", str(evil),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"diffsr fit: error: {evil}: checkpoint refused (") and "weights_only=False" not in err[-1]
+    assert not marker.exists()
+
+
 def _interrupt(args: list[str], folder: Path, sig: int) -> tuple[int, list[str]]:
     """Run ``diffsr`` in a subprocess, send ``sig`` once sampling has started; status and stderr lines (no progress bar)."""
     err = folder.parent / f"stderr-{sig}.txt"

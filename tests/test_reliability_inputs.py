@@ -200,3 +200,22 @@ def test_faces_size_and_slice_operator_on_an_image(cli_fails: CliFails, tmp_path
             api.degrade(src, tmp_path / "lr.png", faces=True, size=size)
     cli_fails(["degrade", str(src), str(tmp_path / "lr.png"), "--scale", "1,1,4", "--operator", "slice"], "--scale 1,1,4", "2D")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["face.png"]
+
+
+def test_non_finite_voxels_are_missing_not_zeros(iso_ckpt: Path, tmp_path: Path) -> None:
+    """NaN/Inf voxels are filled for the network, counted in a warning and NaN again in the output (a
+    2x2x2 block each at x2); every other voxel is finite."""
+    from domains.files import NonFiniteWarning
+
+    vol = tmp_path / "holes.nii.gz"
+    data = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32) * 100
+    data[1, 2, 3], data[5, 6, 7] = np.nan, np.inf
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(vol))
+    out = tmp_path / "sr.nii.gz"
+    with pytest.warns(NonFiniteWarning, match="2 non-finite voxels treated as missing"):
+        api.upscale(vol, out, iso_ckpt, steps=1, samples=1, progress=False)
+    sr = np.asarray(nib.load(str(out)).dataobj)
+    expected = np.zeros(sr.shape, dtype=bool)
+    expected[2:4, 4:6, 6:8] = expected[10:12, 12:14, 14:16] = True
+    np.testing.assert_array_equal(np.isnan(sr), expected)
+    assert np.isfinite(sr[~expected]).all()

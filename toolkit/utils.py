@@ -65,7 +65,7 @@ def load_weights_only(path: str | Path, error: type[Exception], what: str = "che
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle (weights only) means an unusable file
-        raise error(f"{path}: not a readable checkpoint ({_load_problem(exc)})") from None
+        raise error(f"{path}: not a readable checkpoint ({load_problem(exc)})") from None
 
 
 #: the lines of torch's refusal that advise or explain instead of naming the problem (the advice to
@@ -73,7 +73,7 @@ def load_weights_only(path: str | Path, error: type[Exception], what: str = "che
 _TORCH_ADVICE = ("weights only load failed", "please file an issue", "check the documentation", "please use")
 
 
-def _load_problem(exc: Exception) -> str:
+def load_problem(exc: BaseException) -> str:
     """The first sentence of ``exc`` that names what is wrong with the file, without torch's advice."""
     for line in str(exc).splitlines():
         sentence = re.split(r"(?<=\.)\s", line.strip())[0]

@@ -45,12 +45,17 @@ def is_nifti(path: str | Path) -> bool:
     return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def read_volume(path: str | Path, volume_index: int | None = None) -> tuple[np.ndarray, VolumeMeta]:
+def read_volume(
+    path: str | Path, volume_index: int | None = None, missing_ok: bool = False
+) -> tuple[np.ndarray, VolumeMeta]:
     """Read a 3D NIfTI volume (or one volume of a 4D file) as float32 ``(X, Y, Z)`` and its geometry.
+
+    ``missing_ok``: NaN/infinite voxels are missing data the caller handles (an input to upscale);
+    otherwise (training data, evaluation references) they are refused.
 
     Raises:
         MRIFileError: missing or non-NIfTI file, unreadable content, 4D without ``volume_index``,
-            an index out of range, more than 4 dimensions, NaN/infinite values, a voxel size not
+            an index out of range, more than 4 dimensions, NaN/infinite values (unless ``missing_ok``), a voxel size not
             positive and finite, or a singular or non-finite affine.
         ValueError: more voxels than :func:`domains.files.max_pixels` (checked from the header).
     """
@@ -61,7 +66,7 @@ def read_volume(path: str | Path, volume_index: int | None = None) -> tuple[np.n
     except Exception as exc:  # noqa: BLE001 - any reader failure is one clear message
         raise MRIFileError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from None
     data = np.asarray(data, dtype=np.float32)
-    if not np.isfinite(data).all():
+    if not missing_ok and not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise MRIFileError(f"{path}: {bad} voxel(s) are NaN or infinite")
     meta = VolumeMeta(affine=np.asarray(img.affine, dtype=np.float64), header=img.header.copy(), dtype=img.get_data_dtype())

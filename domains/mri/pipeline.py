@@ -18,6 +18,7 @@ low-resolution input, and restored on output.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from domains.base import InputError, check_evaluation
-from domains.files import atomic_target, write_atomic
+from domains.files import NonFiniteWarning, atomic_target, write_atomic
 from domains.images.pipeline import crop_to_multiple, make_operator, upscale_array
 from domains.mri.data import volume_normalization
 from domains.mri.io import (
@@ -119,8 +120,12 @@ def upscale_volume_array(
     precision: str = "32",
     plane_batch: int = 16,
     out_dtype: np.dtype | type = np.float32,
+    name: str = "volume",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Super-resolve a low-resolution volume ``(X, Y, Z)`` in scanner units.
+
+    NaN/infinite voxels are missing: filled for the network and NaN in the output (``name``, the
+    file, is named in the warning that counts them).
 
     ``tiling`` is the 3D patch layout (``None``: one pass), or for a slice-wise model the tiles
     of each plane (``None``: whole planes); ``plane_batch`` planes go through the network at once.
@@ -133,15 +138,37 @@ def upscale_volume_array(
         scanner units.
     """
     domain = check_volume_model(model, "volume")
+    lr, missing = _fill_missing(lr, name)
     norm = _intensity(model, lr)
     scale, offset = norm.scale[0], norm.offset[0]
     x = (np.asarray(lr, dtype=np.float32) - np.float32(offset)) / np.float32(scale)
     if model.spatial_dims == 3:
         one_pass = Tiling(max(model.operator.hr_shape(x.shape)) + 64, 0, 1)
-        return _stream_3d(model, x, options, seed, tiling or one_pass, progress, precision, scale, offset, np.dtype(out_dtype))
-    out, std = _slicewise(model, x, domain["slicewise"], options, seed, tiling, progress, precision, plane_batch)
-    out = _to_dtype(out * np.float32(scale) + np.float32(offset), np.dtype(out_dtype))
-    return out, None if std is None else std * np.float32(scale)
+        out, std = _stream_3d(model, x, options, seed, tiling or one_pass, progress, precision, scale, offset, np.dtype(out_dtype))
+    else:
+        out, std = _slicewise(model, x, domain["slicewise"], options, seed, tiling, progress, precision, plane_batch)
+        out = _to_dtype(out * np.float32(scale) + np.float32(offset), np.dtype(out_dtype))
+        std = None if std is None else std * np.float32(scale)
+    if missing is not None:  # what was missing stays missing (NaN): the fill is not data
+        hr_missing = missing
+        for axis, f in enumerate(volume_factors(model)):
+            hr_missing = np.repeat(hr_missing, f, axis=axis)
+        out[hr_missing] = np.nan
+        if std is not None:
+            std[hr_missing] = np.nan
+    return out, std
+
+
+def _fill_missing(lr: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Non-finite voxels are missing data: filled with the volume's smallest finite value (background)
+    for the network, their mask returned (``None`` when there are none), their count in a warning."""
+    missing = ~np.isfinite(lr)
+    if not missing.any():
+        return lr, None
+    if missing.all():
+        raise MRIFileError(f"{name}: no voxel is finite")
+    warnings.warn(f"{name}: {int(missing.sum())} non-finite voxels treated as missing (NaN in the output)", NonFiniteWarning, stacklevel=3)
+    return np.where(missing, np.min(lr[~missing]), lr), missing
 
 
 def _to_dtype(v: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -222,9 +249,9 @@ def upscale_volume(
     if uncertainty is not None and not is_nifti(uncertainty):
         raise MRIFileError(f"{uncertainty}: an uncertainty map is written as .nii or .nii.gz")
     check_volume_model(model, src)
-    lr, meta = read_volume(src, volume_index)
+    lr, meta = read_volume(src, volume_index, missing_ok=True)
     factors = volume_factors(model)
-    out, std = upscale_volume_array(model, lr, options, seed, tiling, progress, precision, out_dtype=meta.dtype)
+    out, std = upscale_volume_array(model, lr, options, seed, tiling, progress, precision, out_dtype=meta.dtype, name=str(src))
     del lr
     affine = scaled_affine(meta.affine, factors)
     write_volume(dst, out, meta, affine, overwrite=overwrite)

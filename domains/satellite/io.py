@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from domains.files import check_decoded_size
+from domains.files import NonFiniteWarning, check_decoded_size
 
 __all__ = [
     "RASTER_SUFFIXES",
@@ -55,10 +55,6 @@ Slices = tuple[slice, slice]
 
 class RasterFileError(ValueError):
     """A raster is missing, corrupt, not a raster, or all nodata (the message names the file)."""
-
-
-class NonFiniteWarning(RuntimeWarning):
-    """A raster holds NaN or Inf pixels; they are treated as nodata (the message says how many)."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import contextlib
 import glob
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import warnings
@@ -82,6 +83,27 @@ def remove_stale_temporaries(path: Path, suffix: str | None = None) -> list[Path
             removed.append(tmp)
             warnings.warn(f"{tmp}: removed a temporary file left by an interrupted run", StaleFileWarning, stacklevel=2)
     return removed
+
+
+@contextlib.contextmanager
+def removed_on_error(folder: Path) -> Iterator[None]:
+    """What appears in ``folder`` during the block (files, sub-folders, the folder itself) is removed if it fails.
+
+    A command that writes several files (an evaluation's metrics, report and crops) leaves none of
+    them after an error or an interrupt; files that were there before are left alone.
+    """
+    folder = Path(folder)
+    existed = folder.exists()
+    before = set(folder.rglob("*")) if existed else set()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif folder.is_dir():
+            for p in sorted(set(folder.rglob("*")) - before, key=lambda q: len(q.parts), reverse=True):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        raise
 
 
 class NonFiniteWarning(RuntimeWarning):

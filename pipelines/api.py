@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from domains.base import DegradeRequest, EvaluateRequest, InputError, UpscaleRequest, select
+from domains.files import removed_on_error
 
 if TYPE_CHECKING:
     from toolkit.checkpoint import SRModel
@@ -110,7 +111,8 @@ def evaluate(
     request = EvaluateRequest(**locals())  # the arguments above, by name
     if not hr_files:
         raise InputError("no high-resolution files given")
-    return select(request).evaluate(request)
+    with removed_on_error(Path(out_dir)):  # a failure (a full disk, an interrupt) leaves no partial report
+        return select(request).evaluate(request)
 
 
 __all__ = ["InputError", "degrade", "evaluate", "upscale"]

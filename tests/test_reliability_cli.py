@@ -198,6 +198,31 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, png: Path, cli
     assert not any(out.parent.iterdir())
 
 
+def test_full_disk_during_a_report_leaves_no_partial_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate writes metrics, crops and a page: a full disk part-way through leaves none of them."""
+    import png as pypng
+
+    ref = tmp_path / "ref.png"
+    write_image(ref, np.random.default_rng(0).random((3, 24, 24)).astype(np.float32), 8)
+    ckpt = _save(tmp_path / "model.ckpt", _spec(steps=1))
+    real, calls = pypng.Writer.write, []
+
+    def full_after_two(self: Any, fh: Any, rows: Any) -> None:
+        calls.append(1)
+        if len(calls) > 2:  # the third crop of the report
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(self, fh, rows)
+
+    monkeypatch.setattr(pypng.Writer, "write", full_after_two)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--hr", str(ref), "--out", str(out), "--steps", "1", "--samples", "1"]) == 2
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]  # after the progress bar
+    assert last == f"diffsr evaluate: error: {out}: no space left on device"
+    assert len(calls) == 3 and not out.exists()
+
+
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
 def test_outputs_get_the_umask_mode(umask: int, mode: int, tmp_path: Path, png: Path) -> None:
     out = tmp_path / "lr.png"

@@ -102,7 +102,10 @@ def removed_on_error(folder: Path) -> Iterator[None]:
             shutil.rmtree(folder, ignore_errors=True)
         elif folder.is_dir():
             for p in sorted(set(folder.rglob("*")) - before, key=lambda q: len(q.parts), reverse=True):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
         raise
 
 

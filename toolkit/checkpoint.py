@@ -141,7 +141,7 @@ def upscale_any_size(
     crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in model.operator.hr_shape(lr_shape))
     x = x[crop].float().cpu()
     opts = options or model.options
-    if any(pads) and opts.consistency != "none" and not model.operator.block_local:
+    if any(pads) and opts.final_projection and not model.operator.block_local:
         # the padded input was matched exactly; a blur reaches across the crop, so match the true one
         # (in data units: the normalisation is affine per channel, the operator keeps constants)
         x = model.operator.project(x.double(), y.detach().cpu().double()).float()

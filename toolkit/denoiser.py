@@ -24,7 +24,8 @@ class UNetDenoiser(nn.Module):
         spatial_dims: 2 or 3.
         channels: channels of the image (bands, colours, modalities).
         state_channels: channels of the diffusion state; defaults to ``channels``.
-        cond_channels: channels of the condition; defaults to ``channels``.
+        cond_channels: channels of the condition; defaults to ``channels``; 0 makes an
+            unconditional network (a prior for zero-shot SR): ``cond`` is ignored.
         num_channels: feature channels per UNet level.
         attention_levels: self-attention at each level.
         num_res_blocks: residual blocks per level.
@@ -53,7 +54,8 @@ class UNetDenoiser(nn.Module):
         self.spatial_dims = int(spatial_dims)
         self.channels = int(channels)
         self.state_channels = int(state_channels or channels)
-        self.cond_channels = int(cond_channels or channels)
+        #: 0 for an unconditional prior (zero-shot SR): the network sees the state alone
+        self.cond_channels = int(channels if cond_channels is None else cond_channels)
         self.config: dict[str, Any] = {
             "spatial_dims": self.spatial_dims,
             "channels": self.channels,
@@ -92,6 +94,8 @@ class UNetDenoiser(nn.Module):
             cond: ``(B, C_c, *S)`` condition, or ``None`` for the null condition everywhere.
             drop: optional ``(B,)`` bool, True where the condition is replaced by the null one.
         """
+        if self.cond_channels == 0:
+            return self.net(z_t, t)
         null = self.null_cond.to(z_t.dtype).reshape(1, -1, *([1] * self.spatial_dims))
         if cond is None:
             cond = null.expand(z_t.shape[0], -1, *z_t.shape[2:])
@@ -106,16 +110,16 @@ def denoiser_from_config(config: dict[str, Any]) -> UNetDenoiser:
     return UNetDenoiser(**config)
 
 
-def fit_denoiser_to_space(denoiser: UNetDenoiser, space: Any) -> UNetDenoiser:
+def fit_denoiser_to_space(denoiser: UNetDenoiser, space: Any, prior: bool = False) -> UNetDenoiser:
     """The denoiser with the state and condition channels that ``space`` needs.
 
     A wavelet space of ``levels`` levels holds ``C * 2**(d * levels)`` channels, a latent space
-    its autoencoder's latent channels; the config then names only the image's channels and the
+    its autoencoder's latent channels, a prior (``prior``) no condition at all; the config then names only the image's channels and the
     space, and a (still untrained) network of the same width is rebuilt with the right inputs
     and outputs. A denoiser that already fits is returned as is.
     """
     want_state = int(space.state_channels(denoiser.channels, denoiser.spatial_dims))
-    want_cond = int(space.cond_channels(denoiser.channels, denoiser.spatial_dims))
+    want_cond = 0 if prior else int(space.cond_channels(denoiser.channels, denoiser.spatial_dims))
     if (denoiser.state_channels, denoiser.cond_channels) == (want_state, want_cond):
         return denoiser
     return UNetDenoiser(**{**denoiser.config, "state_channels": want_state, "cond_channels": want_cond})

@@ -18,7 +18,7 @@ the flip self-ensemble) for both; its mean is the output and its spread the unce
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ from toolkit.samplers import Callback, SamplerName, make_sampler
 from toolkit.spaces import StateSpace
 from toolkit.tiling import Tiling
 from toolkit.utils import upsample
+from toolkit.zeroshot import ZeroShot, ZeroShotOptions, bind, jump_back, method_plan
 
 Consistency = Literal["none", "final", "every_step"]
 Start = Literal["interpolation", "regression"]
@@ -72,6 +73,8 @@ class SamplerOptions:
         flip_ensemble: give sample ``k`` the input mirrored along the spatial axes set in the
             bits of ``k`` and mirror its output back (geometric self-ensemble, as EDSR+), so
             the mean also averages out the network's orientation bias.
+        zero_shot: run an unconditional model (a prior, or a conditional model with its null
+            condition) as a zero-shot method told the operator (:mod:`toolkit.zeroshot`).
     """
 
     sampler: SamplerName = "ddim"
@@ -83,8 +86,11 @@ class SamplerOptions:
     start: Start = "interpolation"
     samples: int = 1
     flip_ensemble: bool = False
+    zero_shot: ZeroShotOptions | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.zero_shot, dict):  # from a checkpoint's plain data
+            object.__setattr__(self, "zero_shot", ZeroShotOptions(**self.zero_shot))
         make_sampler(self.sampler)  # an unknown name is an error here, not a silent default
         if int(self.steps) < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
@@ -98,6 +104,12 @@ class SamplerOptions:
     def updated(self, **kwargs: Any) -> SamplerOptions:
         """A copy with the given fields replaced (``None`` values are ignored)."""
         return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
+
+    @property
+    def final_projection(self) -> bool:
+        """Whether the output is projected onto ``{x : A x = y}`` (never onto a noisy measurement)."""
+        noisy = self.zero_shot is not None and self.zero_shot.sigma_y > 0
+        return self.consistency != "none" and not noisy
 
     @property
     def regression_start(self) -> bool:
@@ -138,8 +150,12 @@ class Canvas:
         """Standard normal noise over ``cell`` for draw ``draw`` (0: prior, 1: start, ``2 + i``: step ``i``)."""
         raise NotImplementedError
 
-    def predict(self, t: float) -> None:
-        """The guided network's data prediction at timestep ``t`` for state ``"z"``, into ``"x0"``."""
+    def predict(self, t: float, loss: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """The guided network's data prediction at timestep ``t`` for state ``"z"``, into ``"x0"``.
+
+        With ``loss`` (per item, of the data prediction) also its gradient with respect to the
+        state through the network, into ``"grad"`` (DPS).
+        """
         raise NotImplementedError
 
     def interpolated(self, cell: Region) -> torch.Tensor:
@@ -157,6 +173,13 @@ class Canvas:
     def finish(self) -> None:
         """Called once after every cell was emitted."""
 
+    def zero_shot(self, schedule: Schedule) -> ZeroShot | None:
+        """The zero-shot method of the options bound to this canvas's measurement (``None`` without one)."""
+        options: SamplerOptions = getattr(self, "options")
+        if options.zero_shot is not None:
+            raise ValueError("zero-shot methods need the whole array in memory (this canvas streams it)")
+        return None
+
     def peek(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The state and data prediction as whole tensors for a callback (``None`` when streamed)."""
         return None, None
@@ -170,7 +193,8 @@ def schedule_for(process: Process, options: SamplerOptions) -> Schedule:
 
 def network_calls(process: Process, options: SamplerOptions) -> int:
     """Network evaluations of one sample (for progress bars)."""
-    return len(schedule_for(process, options)) + int(options.regression_start)
+    plan = method_plan(options.zero_shot, len(schedule_for(process, options)))
+    return sum(a[0] == "step" for a in plan) + int(options.regression_start)
 
 
 @torch.no_grad()
@@ -205,16 +229,36 @@ def sample_canvas(
                 estimate = canvas.interpolated(cell)
             t0 = timesteps_like(schedule.t[0], estimate)
             canvas.write("z", cell, process.q_sample(estimate, t0, canvas.noise(1, cell), condition(cell)))
-    for i, t in enumerate(schedule.t):
-        canvas.predict(t)
+    method = canvas.zero_shot(schedule)
+    if method is not None:
+        method.check(stepper)
+    plan = method_plan(options.zero_shot, len(schedule))
+    for a, action in enumerate(plan):
+        if action[0] == "jump":  # back to a noisier level (RePaint's resampling, DDNM+'s time travel)
+            _, i, j = action
+            for cell in canvas.cells:
+                canvas.write("z", cell, jump_back(canvas.read("z", cell), schedule, i, j, canvas.noise(2 + a, cell)))
+            continue
+        i = action[1]
+        t = schedule.t[i]
+        canvas.predict(t, method.loss if method is not None and method.needs_grad else None)
         for cell in canvas.cells:
             z, x0 = canvas.read("z", cell), canvas.read("x0", cell)
             if options.consistency == "every_step":
                 x0 = canvas.consistent(x0, cell)
+            if method is not None:
+                x0 = method.x0(x0, z, i)
             eps = process.eps_from_x0(z, x0, timesteps_like(t, z))
-            noise = canvas.noise(2 + i, cell) if stepper.needs_noise(i) else None
+            draws = method.needs_noise(stepper, i) if method is not None else stepper.needs_noise(i)
+            noise = canvas.noise(2 + a, cell) if draws else None
             previous = [canvas.read(name, cell) for name in history[: min(i, stepper.history)]]
-            canvas.write("z", cell, stepper.step(z, x0, eps, i, noise, previous))
+            if method is None:
+                z_next = stepper.step(z, x0, eps, i, noise, previous)
+            else:
+                z_next = method.step(stepper, z, x0, eps, i, noise, previous)
+                extra = canvas.noise(2 + len(plan) + a, cell) if method.after_noise else None
+                z_next = method.after(z_next, x0, i, extra, canvas.read("grad", cell) if method.needs_grad else None)
+            canvas.write("z", cell, z_next)
             for j in range(min(i, stepper.history - 1), 0, -1):  # shift the history, newest first
                 canvas.write(history[j], cell, previous[j - 1])
             if history:
@@ -286,7 +330,10 @@ class MemoryCanvas(Canvas):
         self.source, self.precision = noise, precision
         self.per_member = max(1, y.shape[0] // max(1, members))
         net = tiling.wrap(denoiser) if tiling is not None else denoiser
-        self.model_fn = classifier_free(net, process, space.condition(y, self.hr_shape), options.guidance_scale)
+        if options.zero_shot is None:
+            self.model_fn = classifier_free(net, process, space.condition(y, self.hr_shape), options.guidance_scale)
+        else:  # an unconditional model: a prior, or a conditional model's null condition
+            self.model_fn = classifier_free(net, process, None, 1.0)
         self.fields: dict[str, torch.Tensor] = {}
         self.output: torch.Tensor | None = None
 
@@ -311,11 +358,26 @@ class MemoryCanvas(Canvas):
             ])
         return n.to(device=self.y.device, dtype=self.y.dtype)
 
-    def predict(self, t: float) -> None:
+    def predict(self, t: float, loss: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         z = self.fields["z"]
-        with network_precision(z.device, self.precision):
-            x0, _ = self.model_fn(z, timesteps_like(t, z))
+        if loss is None:
+            with network_precision(z.device, self.precision):
+                x0, _ = self.model_fn(z, timesteps_like(t, z))
+        else:
+            with torch.enable_grad():
+                z = z.detach().requires_grad_(True)
+                with network_precision(z.device, self.precision):
+                    x0, _ = self.model_fn(z, timesteps_like(t, z))
+                (grad,) = torch.autograd.grad(loss(x0.to(z.dtype)).sum(), z)
+            self.fields["grad"] = grad.detach()
+            x0 = x0.detach()
         self.fields["x0"] = x0.to(z.dtype)
+
+    def zero_shot(self, schedule: Schedule) -> ZeroShot | None:
+        zs = self.options.zero_shot
+        if zs is None:
+            return None
+        return bind(zs, self.operator, self.space, self.y, zs.sigma_y * zs.unit, schedule)
 
     def peek(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return self.fields.get("z"), self.fields.get("x0")
@@ -329,7 +391,7 @@ class MemoryCanvas(Canvas):
 
     def emit(self, cell: Region, z: torch.Tensor) -> None:
         x = self.space.decode(z, self.y, self.hr_shape)
-        self.output = self.operator.project(x, self.y) if self.options.consistency != "none" else x
+        self.output = self.operator.project(x, self.y) if self.options.final_projection else x
 
 
 @torch.no_grad()

@@ -84,6 +84,104 @@ class Operator:
         """Plain-data description stored in checkpoints (see :func:`operator_from_spec`)."""
         raise NotImplementedError
 
+    def svd(self, hr_shape: Sequence[int], channels: int) -> OperatorSVD:
+        """``A = U diag(s) V^T`` on images of spatial ``hr_shape`` with ``channels`` channels (DDRM)."""
+        raise NotImplementedError(f"{type(self).__name__} gives no SVD (zero-shot ddrm needs one)")
+
+
+#: per spatial axis, ``(U, S, Vh)`` of the axis matrix (float64 on the CPU) or ``None`` for the identity
+AxisSVD = list["tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None"]
+
+
+class OperatorSVD:
+    """The SVD ``A = U diag(s) V^T`` of an operator that is, per group of channels, a Kronecker
+    product of per-axis matrices ``M_i = U_i S_i V_i^T`` (``m_i x n_i``).
+
+    The SVD of a Kronecker product is the Kronecker product of the SVDs, so nothing of size
+    ``prod(n_i)`` squared is ever formed: ``V^T x`` applies ``V_i^T`` along each axis (a spectral
+    array of the image's shape), ``U^T y`` applies ``U_i^T`` (the measurement's shape), and the
+    singular values of the measured block ``k_i < m_i`` are the outer product of the ``S_i``.
+    Singular values below ``rtol`` times the largest are treated as zero (unmeasured).
+
+    Args:
+        hr_shape, lr_shape: spatial shapes of ``x`` and ``A x``.
+        groups: ``(channel indices or None for all, per-axis SVDs)`` for each group of channels.
+        rtol: relative threshold on singular values.
+    """
+
+    def __init__(
+        self, hr_shape: Sequence[int], lr_shape: Sequence[int], groups: list[tuple[list[int] | None, AxisSVD]], rtol: float = 1e-6
+    ) -> None:
+        self.hr_shape, self.lr_shape = tuple(int(n) for n in hr_shape), tuple(int(n) for n in lr_shape)
+        self.groups, self.rtol = groups, float(rtol)
+
+    @staticmethod
+    def dtype(device: torch.device) -> torch.dtype:
+        """float64 where ``device`` has it (small singular values), else float32."""
+        from toolkit.utils import has_float64
+
+        return torch.float64 if has_float64(device) else torch.float32
+
+    def _map(self, t: torch.Tensor, pick: int, transpose: bool) -> torch.Tensor:
+        out = []
+        for idx, axes in self.groups:
+            part = t if idx is None else t[:, idx]
+            mats = []
+            for f in axes:
+                m = None if f is None else f[pick].to(device=t.device, dtype=t.dtype)
+                mats.append(None if m is None else (m.T if transpose else m))
+            out.append((idx, SeparableOperator._apply(part, mats)))
+        if len(out) == 1 and out[0][0] is None:
+            return out[0][1]
+        full = torch.empty((t.shape[0], t.shape[1], *out[0][1].shape[2:]), dtype=t.dtype, device=t.device)
+        for idx, part in out:
+            full[:, idx] = part
+        return full
+
+    def Vt(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        """Spectral coefficients ``V^T x`` ``(B, C, *hr_shape)``."""
+        return self._map(x, 2, False)
+
+    def V(self, v: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        return self._map(v, 2, True)
+
+    def Ut(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        """``U^T y`` ``(B, C, *lr_shape)``."""
+        return self._map(y, 0, True)
+
+    def U(self, c: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        return self._map(c, 0, False)
+
+    def measured_view(self, v: torch.Tensor) -> torch.Tensor:
+        """The measured block ``k_i < m_i`` of a spectral array."""
+        return v[(slice(None), slice(None), *(slice(0, m) for m in self.lr_shape))]
+
+    def with_measured(self, v: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        """``v`` with its measured block replaced by ``block``."""
+        out = v.clone()
+        out[(slice(None), slice(None), *(slice(0, m) for m in self.lr_shape))] = block
+        return out
+
+    def singulars(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64, channels: int | None = None) -> torch.Tensor:
+        """Singular values of the measured block ``(C, *lr_shape)`` (0 below the threshold)."""
+        per: dict[int, torch.Tensor] = {}
+        n_channels = channels or max((max(idx) + 1 for idx, _ in self.groups if idx is not None), default=1)
+        for idx, axes in self.groups:
+            s = torch.ones((), dtype=torch.float64)
+            for f, m in zip(axes, self.lr_shape):
+                sv = torch.ones(m, dtype=torch.float64) if f is None else f[1]
+                s = s[..., None] * sv
+            for c in (range(n_channels) if idx is None else idx):
+                per[c] = s
+        s = torch.stack([per[c] for c in sorted(per)])
+        s = torch.where(s > self.rtol * s.max(), s, torch.zeros_like(s))
+        return s.to(device=device, dtype=dtype)
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        """``U diag(s) (V^T x)`` over the measured block (for checks: equals the operator's ``A``)."""
+        s = self.singulars(x.device, x.dtype, x.shape[1])
+        return self.U(s * self.measured_view(self.Vt(x)))
+
 
 class SeparableOperator(Operator):
     """Operator that applies one matrix ``M_i (m_i x n_i)`` along each spatial axis ``i``."""
@@ -121,6 +219,14 @@ class SeparableOperator(Operator):
         shape = self.hr_shape(y.shape[2:])
         return self._apply(y, self._matrices(shape, "pinv", y.device, y.dtype))
 
+    def svd(self, hr_shape: Sequence[int], channels: int) -> OperatorSVD:
+        self.check_hr_shape(hr_shape)
+        return OperatorSVD(hr_shape, self.lr_shape(hr_shape), [(None, self.axis_svds(hr_shape))])
+
+    def axis_svds(self, hr_shape: Sequence[int]) -> AxisSVD:
+        """``(U, S, Vh)`` of each axis matrix (``None`` for an identity axis), float64, cached."""
+        return [_cached_axis(self, axis, int(n), "svd") for axis, n in enumerate(hr_shape)]  # type: ignore[misc]
+
     # Operators are compared and hashed by spec so the matrix cache is shared between equal ones.
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Operator) and other.spec() == self.spec()
@@ -136,6 +242,9 @@ def _cached_axis(op: SeparableOperator, axis: int, n: int, kind: str) -> torch.T
         return m
     if kind == "AT":
         return m.T.contiguous()
+    if kind == "svd":
+        u, sv, vh = torch.linalg.svd(m, full_matrices=True)
+        return u, sv, vh  # type: ignore[return-value]
     return torch.linalg.pinv(m)
 
 

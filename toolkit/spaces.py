@@ -23,6 +23,8 @@ class StateSpace:
 
     #: ``decode`` is affine in ``z`` for fixed ``y``, so data consistency can be exact in this space
     linear: bool = True
+    #: ``encode``/``decode`` read the low-resolution input (a prior's space must not: it has none)
+    uses_input: bool = True
     #: image pixels per state pixel along every spatial axis
     stride: int = 1
 
@@ -67,6 +69,8 @@ class StateSpace:
 
 class PixelSpace(StateSpace):
     """Diffusion on the (normalised) pixels themselves: ``z = x`` (SR3)."""
+
+    uses_input = False
 
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x
@@ -143,6 +147,10 @@ class WaveletSpace(StateSpace):
             raise ValueError("scale must be > 0")
         self.wavelet, self.levels, self.mode, self.scale = wavelet, int(levels), mode, float(scale)
         self.stride = 2**self.levels
+
+    @property
+    def uses_input(self) -> bool:  # type: ignore[override]
+        return self.mode != "full"
 
     def state_channels(self, channels: int, spatial_dims: int) -> int:
         return self.cond_channels(channels, spatial_dims) - (channels if self.mode == "high" else 0)

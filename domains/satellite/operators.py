@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from toolkit.operators import GaussianDownsample, Operator
+from toolkit.operators import GaussianDownsample, Operator, OperatorSVD
 from toolkit.utils import as_factors
 
 __all__ = ["SensorMTFDownsample", "mtf_at_nyquist", "sigma_from_mtf"]
@@ -120,6 +120,13 @@ class SensorMTFDownsample(Operator):
 
     def A_pinv(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
         return self._per_band(y, "A_pinv", self.hr_shape(y.shape[2:]))
+
+    def svd(self, hr_shape: Sequence[int], channels: int) -> OperatorSVD:
+        """Per group of bands sharing an MTF, the Kronecker SVD of its Gaussian blur and decimation."""
+        self.check_hr_shape(hr_shape)
+        groups = self._groups(channels)
+        parts = [(None if len(groups) == 1 else idx, op.axis_svds(hr_shape)) for op, idx in groups]
+        return OperatorSVD(hr_shape, self.lr_shape(hr_shape), parts)
 
     @property
     def halo(self) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from toolkit.samplers import Callback
 from toolkit.spaces import StateSpace, space_from_spec
 from toolkit.tiling import Tiling
 from toolkit.utils import load_weights_only
+from toolkit.zeroshot import ZeroShotOptions
 
 CHECKPOINT_FORMAT = 1
 
@@ -30,10 +31,14 @@ class CheckpointError(ValueError):
 
 @dataclass
 class SRModel:
-    """A trained super-resolution model ready for inference (EMA weights)."""
+    """A trained super-resolution model ready for inference (EMA weights).
+
+    A prior (an unconditional model, ``spec["prior"]``) has no operator until
+    :meth:`zero_shot` is told one.
+    """
 
     denoiser: UNetDenoiser
-    operator: Operator
+    operator: Operator | None
     space: StateSpace
     process: Process
     normalization: Normalization
@@ -47,12 +52,49 @@ class SRModel:
         return self.denoiser.channels
 
     @property
+    def prior(self) -> bool:
+        """An unconditional model (trained with no low-resolution input): it runs only zero-shot."""
+        return bool(self.spec.get("prior", False))
+
+    def zero_shot(self, operator: Operator, options: ZeroShotOptions) -> SRModel:
+        """This model as a zero-shot super-resolver for ``operator`` (a prior, or a conditional model's null condition).
+
+        ``options.sigma_y`` is a fraction of the model's data range; the copy's sampling options
+        carry the method with its normalised unit (``data_range / scale``).
+
+        Raises:
+            ValueError: the state space depends on the input or is not linear, or the operator's
+                axes do not match the model's.
+        """
+        if self.space.uses_input or not self.space.linear:
+            kind = self.space.spec().get("type")
+            raise ValueError(
+                f"{self.source}: zero-shot SR needs a state space independent of the input (pixel, or a 'full' "
+                f"wavelet space); this checkpoint's is {kind!r}: train a prior (configs/<domain>/prior_*.yaml)"
+            )
+        if operator.spatial_dims != self.spatial_dims:
+            raise ValueError(f"{self.source}: a {self.spatial_dims}D model, a {operator.spatial_dims}D operator")
+        data_range = float(self.spec.get("data_range", 1.0))
+        unit = data_range / (sum(self.normalization.scale) / len(self.normalization.scale))
+        zs = options.updated(unit=unit)
+        return replace(self, operator=operator, options=self.options.updated(zero_shot=zs, guidance_scale=1.0))
+
+    def require_operator(self) -> Operator:
+        """The operator, or a clear error for a prior that was given none."""
+        if self.operator is None:
+            raise ValueError(
+                f"{self.source} is an unconditional prior: it runs zero-shot only "
+                "(--zero-shot ddnm|ddrm|... --operator area|gaussian|slice|kspace|mtf --scale S)"
+            )
+        return self.operator
+
+    @property
     def spatial_dims(self) -> int:
         return self.denoiser.spatial_dims
 
     @property
     def scale(self) -> tuple[int, ...]:
-        return self.operator.factors
+        return self.require_operator().factors
 
     @property
     def multiple(self) -> int:
@@ -96,6 +138,7 @@ class SRModel:
         ``precision`` ``bf16`` or ``fp16`` runs the network under autocast (the sampler's
         arithmetic, the decoding and the projection stay float32).
         """
+        operator = self.require_operator()
         if y.shape[1] != self.channels:
             raise ValueError(f"input has {y.shape[1]} channels but the model was trained on {self.channels}")
         if y.ndim - 2 != self.spatial_dims:
@@ -105,8 +148,11 @@ class SRModel:
         opts = options or self.options
         if not all(math.isfinite(v) for v in (opts.guidance_scale, opts.eta)):
             raise ValueError(f"guidance {opts.guidance_scale} and eta {opts.eta} must be finite")
+        if self.prior and opts.zero_shot is None:
+            self.require_operator()
+            raise ValueError(f"{self.source} is an unconditional prior: it runs zero-shot only (--zero-shot METHOD)")
         x, std = sample_sr_with_uncertainty(
-            self.denoiser, self.process, self.space, self.operator, yn, opts, generator, callback, tiling, precision
+            self.denoiser, self.process, self.space, operator, yn, opts, generator, callback, tiling, precision
         )
         if not bool(torch.isfinite(x).all()) or (std is not None and not bool(torch.isfinite(std).all())):
             cause = "the input" if not bool(torch.isfinite(yn).all()) else "the weights or the normalisation"
@@ -138,13 +184,14 @@ def upscale_any_size(
         pads += [0, (-n) % step]
     yp = F.pad(y, pads, mode="replicate") if any(pads) else y
     x, std = model.upscale_with_uncertainty(yp, generator, options, callback, tiling, precision)
-    crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in model.operator.hr_shape(lr_shape))
+    operator = model.require_operator()
+    crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in operator.hr_shape(lr_shape))
     x = x[crop].float().cpu()
     opts = options or model.options
-    if any(pads) and opts.final_projection and not model.operator.block_local:
+    if any(pads) and opts.final_projection and not operator.block_local:
         # the padded input was matched exactly; a blur reaches across the crop, so match the true one
         # (in data units: the normalisation is affine per channel, the operator keeps constants)
-        x = model.operator.project(x.double(), y.detach().cpu().double()).float()
+        x = operator.project(x.double(), y.detach().cpu().double()).float()
     return x, None if std is None else std[crop].float().cpu()
 
 
@@ -183,11 +230,17 @@ def _description_problem(spec: Any) -> str | None:
     if not isinstance(spec, dict):
         return f"the 'diffsr' entry is a {type(spec).__name__}, not a dict"
     for key in ("denoiser", "operator", "space", "process", "normalization", "sampler", "domain"):
-        if not isinstance(spec.get(key, {}), dict) and not (key == "domain" and spec[key] is None):
+        if not isinstance(spec.get(key, {}), dict) and not (key in ("domain", "operator") and spec[key] is None):
             return f"{key!r} is a {type(spec[key]).__name__}, not a dict"
+    if "prior" in spec and not isinstance(spec["prior"], bool):
+        return f"'prior' is a {type(spec['prior']).__name__}, not a bool"
     sampler, norm = spec.get("sampler", {}), spec.get("normalization", {})
-    op = spec.get("operator", {})
-    factors = [("scale", spec.get("scale", 1)), ("operator factors", op.get("factors", 1)), ("operator factor", op.get("factor", 1))]
+    op = spec.get("operator") or {}
+    if spec.get("prior") and spec.get("operator") is not None:
+        return "a prior carries no operator"
+    if not spec.get("prior") and not isinstance(spec.get("operator", {}), dict):
+        return "'operator' is missing (only a prior has none)"
+    factors = [("scale", spec.get("scale") or 1), ("operator factors", op.get("factors", 1)), ("operator factor", op.get("factor", 1))]
     ints = [(k, spec.get(k, 1), 1) for k in ("channels", "spatial_dims")]
     ints += [(f"sampler {k}", sampler.get(k, 1), 1) for k in ("steps", "samples")]
     ints += [("sampler t_start", sampler["t_start"], 0)] if sampler.get("t_start") is not None else []
@@ -210,7 +263,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> SRModel:
     spec = ckpt["diffsr"]
     try:
         denoiser = denoiser_from_config(spec["denoiser"])
-        operator = operator_from_spec(spec["operator"])
+        operator = None if spec.get("prior") else operator_from_spec(spec["operator"])
         space = space_from_spec(spec["space"])
         process = process_from_spec(spec["process"])
         normalization = Normalization(**spec["normalization"])

@@ -175,7 +175,7 @@ class Canvas:
 
     def zero_shot(self, schedule: Schedule) -> ZeroShot | None:
         """The zero-shot method of the options bound to this canvas's measurement (``None`` without one)."""
-        options: SamplerOptions = getattr(self, "options")
+        options: SamplerOptions = self.options
         if options.zero_shot is not None:
             raise ValueError("zero-shot methods need the whole array in memory (this canvas streams it)")
         return None

@@ -19,8 +19,9 @@ from toolkit.metrics import consistency_psnr, psnr, ssim
 from toolkit.normalization import Normalization
 from toolkit.operators import AreaDownsample, Operator
 from toolkit.process import GaussianProcess, Process
-from toolkit.spaces import ResidualSpace, StateSpace
+from toolkit.spaces import PixelSpace, ResidualSpace, StateSpace
 from toolkit.utils import make_generator, upsample
+from toolkit.zeroshot import ZeroShotOptions
 
 
 class DiffusionSR(pl.LightningModule):
@@ -29,6 +30,12 @@ class DiffusionSR(pl.LightningModule):
     Batches are dicts with ``"hr"`` ``(B, C, *S)`` in data units and optionally ``"lr"``; when
     ``"lr"`` is absent the low-resolution input is made by ``operator`` on the fly, the same
     operator that later constrains sampling and scores consistency.
+
+    With ``prior=True`` it trains an unconditional prior for zero-shot SR (:mod:`toolkit.zeroshot`):
+    the network sees no low-resolution input (no condition channels), the state space must not use
+    one (pixel, or a ``full`` wavelet space), and the checkpoint says ``prior`` and carries no
+    operator; ``operator`` then only makes the validation inputs, super-resolved zero-shot with
+    ``val_zero_shot`` (default DDNM), so the logged PSNR is what the prior does as a super-resolver.
 
     Args:
         denoiser: the network.
@@ -48,6 +55,8 @@ class DiffusionSR(pl.LightningModule):
         cond_drop_prob: probability of dropping the condition (classifier-free guidance).
         data_range: data units spanned by the signal, for PSNR/SSIM (1 for [0, 1] images).
         val_seed: seed of validation sampling.
+        prior: train an unconditional prior (see above).
+        val_zero_shot: a prior's validation method (:class:`toolkit.zeroshot.ZeroShotOptions`).
     """
 
     def __init__(
@@ -65,18 +74,29 @@ class DiffusionSR(pl.LightningModule):
         cond_drop_prob: float = 0.1,
         data_range: float = 1.0,
         val_seed: int = 0,
+        prior: bool = False,
+        val_zero_shot: ZeroShotOptions | None = None,
     ) -> None:
         super().__init__()
-        self.space = space or ResidualSpace()
-        denoiser = fit_denoiser_to_space(denoiser, self.space)
+        self.prior = bool(prior)
+        self.space = space or (PixelSpace() if self.prior else ResidualSpace())
+        if self.prior and (self.space.uses_input or not self.space.linear):
+            raise ValueError(
+                f"a prior needs a state space independent of the input (pixel, or a 'full' wavelet space), "
+                f"not {self.space.spec().get('type')!r}"
+            )
+        denoiser = fit_denoiser_to_space(denoiser, self.space, prior=self.prior)
         self.denoiser = denoiser
         self.ema = copy.deepcopy(denoiser).requires_grad_(False)
         self.operator = operator or AreaDownsample(2, spatial_dims=denoiser.spatial_dims)
         if self.operator.spatial_dims != denoiser.spatial_dims:
             raise ValueError(f"operator has {self.operator.spatial_dims} spatial dims, denoiser {denoiser.spatial_dims}")
         self.process = process or GaussianProcess()
+        if self.prior and self.process.conditional:
+            raise ValueError(f"a prior needs a process that does not start from the input, not {self.process.kind!r}")
         self.normalization = normalization or Normalization()
         self.options = sampling or SamplerOptions()
+        self.val_zero_shot = val_zero_shot or ZeroShotOptions("ddnm")
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.ema_decay, self.cond_drop_prob = ema_decay, cond_drop_prob
         self.data_range, self.val_seed = data_range, val_seed
@@ -109,11 +129,15 @@ class DiffusionSR(pl.LightningModule):
         b = z0.shape[0]
         t = torch.randint(0, self.process.timesteps, (b,), device=z0.device)
         noise = torch.randn_like(z0)
-        cond = self.space.condition(y, x.shape[2:])
-        y_state = self.space.encode(upsample(y, x.shape[2:]), y) if self.process.conditional else None
-        z_t = self.process.q_sample(z0, t, noise, y_state)
-        drop = torch.rand(b, device=z0.device) < self.cond_drop_prob
-        out = self.denoiser(z_t, t.float(), cond, drop)
+        if self.prior:  # nothing of y reaches the network
+            z_t = self.process.q_sample(z0, t, noise)
+            out = self.denoiser(z_t, t.float(), None)
+        else:
+            cond = self.space.condition(y, x.shape[2:])
+            y_state = self.space.encode(upsample(y, x.shape[2:]), y) if self.process.conditional else None
+            z_t = self.process.q_sample(z0, t, noise, y_state)
+            drop = torch.rand(b, device=z0.device) < self.cond_drop_prob
+            out = self.denoiser(z_t, t.float(), cond, drop)
         per_sample = F.mse_loss(out, self.process.target(z0, noise, t), reduction="none").flatten(1).mean(1)
         loss = (per_sample * self.process.loss_weights(t)).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=False)
@@ -140,6 +164,8 @@ class DiffusionSR(pl.LightningModule):
     def super_resolve(self, y: torch.Tensor, generator: torch.Generator, **overrides: Any) -> torch.Tensor:
         """Sample with the EMA weights (the mean of ``samples`` draws): normalised ``y`` in, normalised out."""
         opts = self.options.updated(**overrides)
+        if self.prior and opts.zero_shot is None:
+            opts = opts.updated(zero_shot=self.val_zero_shot)
         return sample_sr_with_uncertainty(self.ema, self.process, self.space, self.operator, y, opts, generator)[0]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -176,8 +202,9 @@ class DiffusionSR(pl.LightningModule):
             "format": CHECKPOINT_FORMAT,
             "spatial_dims": self.denoiser.spatial_dims,
             "channels": self.denoiser.channels,
-            "scale": list(self.operator.factors),
-            "operator": self.operator.spec(),
+            "scale": None if self.prior else list(self.operator.factors),
+            "operator": None if self.prior else self.operator.spec(),
+            "prior": self.prior,
             "space": self.space.spec(),
             "process": self.process.spec(),
             "denoiser": self.denoiser.config,

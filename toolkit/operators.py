@@ -441,6 +441,42 @@ class FourierCrop(SeparableOperator):
         return {"type": "fourier_crop", "factors": list(self.factors)}
 
 
+#: the names ``--operator`` takes (zero-shot SR, ``diffsr degrade``)
+OPERATOR_NAMES = ("area", "gaussian", "slice", "kspace", "mtf")
+
+
+def operator_by_name(kind: str, scale: int | Sequence[int], spatial_dims: int = 2, mtf: float = 0.3) -> Operator:
+    """Operator by the name ``--operator`` takes, at ``scale`` (one factor for every axis, or one per axis).
+
+    ``area`` (box), ``gaussian`` (antialiased), ``kspace`` (k-space truncation) take a factor per
+    axis; ``slice`` (slice-thickness averaging) the slice axis from the one factor above 1 (one
+    int: the last axis); ``mtf`` the sensor model of the satellite domain (Gaussian PSF with MTF
+    ``mtf`` at the coarse grid's Nyquist), found through the ``diffsr.operators`` entry points.
+
+    Raises:
+        ValueError: an unknown name, or factors that do not fit ``spatial_dims``.
+    """
+    if not isinstance(scale, int) and len(scale) != spatial_dims:
+        raise ValueError(f"--scale {','.join(map(str, scale))}: {len(scale)} factors for a {spatial_dims}D input (give 1 or {spatial_dims})")
+    if kind == "area":
+        return AreaDownsample(scale, spatial_dims=spatial_dims)
+    if kind == "gaussian":
+        return GaussianDownsample(scale, spatial_dims=spatial_dims)
+    if kind == "kspace":
+        return FourierCrop(scale, spatial_dims=spatial_dims)
+    if kind == "slice":
+        if isinstance(scale, int):
+            return SliceAverage(scale, axis=-1, spatial_dims=spatial_dims)
+        thick = [a for a, f in enumerate(scale) if f > 1]
+        if len(thick) != 1:
+            raise ValueError(f"--operator slice needs a factor above 1 on exactly one axis, got {tuple(scale)} (e.g. 1,1,4)")
+        return SliceAverage(scale[thick[0]], axis=thick[0], spatial_dims=spatial_dims)
+    if kind == "mtf":
+        factors = list(as_factors(scale, spatial_dims)) if isinstance(scale, int) else list(scale)
+        return operator_from_spec({"type": "sensor_mtf", "factors": factors, "mtf": float(mtf)})
+    raise ValueError(f"unknown operator {kind!r} ({', '.join(OPERATOR_NAMES)})")
+
+
 def _mirror(j: int, n: int) -> int:
     """Half-sample symmetric index reflection into ``[0, n)``."""
     period = 2 * n

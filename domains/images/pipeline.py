@@ -25,36 +25,20 @@ from domains.images.report import write_report
 from toolkit.checkpoint import SRModel, upscale_any_size
 from toolkit.engine import SamplerOptions
 from toolkit.metrics import consistency_psnr, psnr, ssim
-from toolkit.operators import AreaDownsample, FourierCrop, GaussianDownsample, Operator, SliceAverage
+from toolkit.operators import Operator, operator_by_name
 from toolkit.tiling import Tiling
-from toolkit.utils import as_factors, make_generator, upsample
+from toolkit.utils import make_generator, upsample
 
 #: default network tiles of a 2D image
 IMAGE_TILING = Tiling(128, 32, 4)
 
 
 def make_operator(kind: str, scale: int | Sequence[int], spatial_dims: int = 2) -> Operator:
-    """Operator by name, as the ``--operator`` option takes it.
-
-    ``area`` and ``gaussian`` take a factor per axis; ``kspace`` (k-space truncation) too;
-    ``slice`` (slice-thickness averaging) takes the slice axis from the one factor above 1.
-    ``scale`` is one factor for every axis, or one per axis (``spatial_dims`` of them).
-    """
-    if not isinstance(scale, int) and len(scale) != spatial_dims:
-        raise InputError(f"--scale {','.join(map(str, scale))}: {len(scale)} factors for a {spatial_dims}D input (give 1 or {spatial_dims})")
-    if kind == "area":
-        return AreaDownsample(scale, spatial_dims=spatial_dims)
-    if kind == "gaussian":
-        return GaussianDownsample(scale, spatial_dims=spatial_dims)
-    if kind == "kspace":
-        return FourierCrop(scale, spatial_dims=spatial_dims)
-    if kind == "slice":
-        factors = as_factors(scale, spatial_dims) if isinstance(scale, int) else tuple(scale)
-        thick = [a for a, f in enumerate(factors) if f > 1]
-        if len(thick) != 1:
-            raise ValueError(f"--operator slice needs a factor above 1 on exactly one axis, got {factors} (e.g. 1,1,4)")
-        return SliceAverage(factors[thick[0]], axis=thick[0], spatial_dims=spatial_dims)
-    raise ValueError(f"unknown operator {kind!r} (area, gaussian, kspace or slice)")
+    """Operator by name, as the ``--operator`` option takes it (:func:`toolkit.operators.operator_by_name`)."""
+    try:
+        return operator_by_name(kind, scale, spatial_dims)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def crop_to_multiple(x: np.ndarray, multiple: Sequence[int]) -> np.ndarray:

@@ -119,7 +119,8 @@ class DiffusionSR(pl.LightningModule):
         if hr.shape[1] != self.denoiser.channels:
             raise ValueError(f"batch has {hr.shape[1]} channels, the model {self.denoiser.channels}")
         x = self.normalization.normalize(hr)
-        y = self.normalization.normalize(batch["lr"]) if "lr" in batch else self.operator.A(x)
+        # a prior's validation inputs come from its operator (a datamodule's "lr" is another degradation)
+        y = self.normalization.normalize(batch["lr"]) if "lr" in batch and not self.prior else self.operator.A(x)
         return x, y
 
     # --- training ----------------------------------------------------------------------------

@@ -59,8 +59,8 @@ class SRModel:
     def zero_shot(self, operator: Operator, options: ZeroShotOptions) -> SRModel:
         """This model as a zero-shot super-resolver for ``operator`` (a prior, or a conditional model's null condition).
 
-        ``options.sigma_y`` is a fraction of the model's data range; the copy's sampling options
-        carry the method with its normalised unit (``data_range / scale``).
+        ``options.sigma_y`` is a fraction of the signal's range (the span the normalisation maps
+        onto [-1, 1]); the copy's sampling options carry the method.
 
         Raises:
             ValueError: the state space depends on the input or is not linear, or the operator's
@@ -74,9 +74,7 @@ class SRModel:
             )
         if operator.spatial_dims != self.spatial_dims:
             raise ValueError(f"{self.source}: a {self.spatial_dims}D model, a {operator.spatial_dims}D operator")
-        data_range = float(self.spec.get("data_range", 1.0))
-        unit = data_range / (sum(self.normalization.scale) / len(self.normalization.scale))
-        zs = options.updated(unit=unit)
+        zs = options.updated(unit=2.0)  # sigma_y is a fraction of the span mapped onto [-1, 1]
         return replace(self, operator=operator, options=self.options.updated(zero_shot=zs, guidance_scale=1.0))
 
     def require_operator(self) -> Operator:

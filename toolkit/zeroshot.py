@@ -57,8 +57,9 @@ class ZeroShotOptions:
 
     Attributes:
         method: one of :func:`method_names`.
-        sigma_y: measurement noise standard deviation, as a fraction of the model's data range
-            (0.05: 5 % of the range the signal spans); DDNM+, DDRM and DPS use it.
+        sigma_y: measurement noise standard deviation as a fraction of the signal's range: the
+            span the model's normalisation maps onto [-1, 1] (each band's percentile span for
+            rasters and volumes, [0, 1] for photos), so 0.05 is 5 % of it; DDNM+ and DDRM use it.
         eta: DDRM's null-space stochasticity; DDNM+'s step noise (0: DDIM).
         eta_b: DDRM's weight of the measurement on measured components (1: the measurement).
         zeta: DPS step on the gradient of the residual norm.
@@ -66,8 +67,8 @@ class ZeroShotOptions:
         jumps: RePaint's resamplings per step (1: none, as ILVR).
         travel_length: DDNM+ time travel: levels to jump back (0: none).
         travel_repeat: DDNM+ time travel: times each travel is repeated.
-        unit: normalised units per unit of ``sigma_y`` (set from the model's data range and
-            normalisation when it loads: ``data_range / scale``).
+        unit: normalised units per unit of ``sigma_y``: 1 at the engine (``sigma_y`` in
+            normalised units); :meth:`toolkit.checkpoint.SRModel.zero_shot` sets 2, the span of [-1, 1].
     """
 
     method: str = "ddnm"
@@ -75,7 +76,7 @@ class ZeroShotOptions:
     eta: float = 0.85
     eta_b: float = 1.0
     zeta: float = 1.0
-    scale: float = 10.0
+    scale: float = 1.0
     jumps: int = 5
     travel_length: int = 0
     travel_repeat: int = 1
@@ -178,9 +179,6 @@ class ZeroShot:
         r = (self.y - self.op.A(x0)).flatten(1)
         return r.norm(dim=1)
 
-    def finish(self, z: torch.Tensor) -> torch.Tensor:
-        """The final state (DDNM-family methods end on the measurement's affine set when noise-free)."""
-        return z
 
 
 def _single_step_only(method: str, stepper: Stepper) -> None:

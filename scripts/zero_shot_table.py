@@ -1,0 +1,158 @@
+"""Zero-shot SR results table: one prior per domain, each operator, each method, beside the baselines.
+
+Runs ``diffsr evaluate --zero-shot METHOD --operator OP --scale S [--sigma-y s]`` for every entry
+of a plan (JSON, kept in the repository so the table can be rerun), keeps each run's
+``metrics.json`` under ``--docs``, and writes ``table.md`` and ``results.json`` there: per domain x
+operator x method, PSNR, SSIM, consistency PSNR, network calls per sample and seconds, beside
+interpolation (bicubic / cubic), interpolation projected onto ``{x : A x = y}``, and the
+conditional model of the same training budget where the plan names its metrics file.
+
+    python scripts/zero_shot_table.py --plan docs/zero_shot/plan.json --out runs/zero_shot --docs docs/zero_shot
+    python scripts/zero_shot_table.py --plan docs/zero_shot/plan.json --docs docs/zero_shot --table-only
+
+A plan is a list of entries::
+
+    {"domain": "images", "checkpoint": "runs/prior_images/last.ckpt", "hr": ["data/natural/holdout/a.png"],
+     "operator": "area", "scale": "2", "methods": ["ddnm", "ddrm"], "sigma_y": [0.0],
+     "steps": 25, "args": ["--jumps", "3"], "conditional": {"label": "sr3_x2 (15 min)", "metrics": "docs/eval_sr3_x2/metrics.json"}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: the diffusion output's key in a domain's metrics, first found wins
+MODEL_KEYS = ("diffsr", "restored")
+#: baselines shown, first found of each group
+BASELINES = (("interpolation", ("bicubic", "cubic")), ("interp. + projection", ("bicubic_projected", "cubic_projected")))
+
+
+def run_name(entry: dict[str, Any], method: str, sigma_y: float) -> str:
+    scale = str(entry["scale"]).replace(",", "x")
+    return f"{entry['domain']}/{entry['operator']}_x{scale}/{method}" + (f"_sy{sigma_y:g}" if sigma_y else "")
+
+
+def run(entry: dict[str, Any], method: str, sigma_y: float, out: Path, docs: Path, diffsr: str) -> None:
+    name = run_name(entry, method, sigma_y)
+    target = out / name
+    cmd = [
+        diffsr, "evaluate", "--checkpoint", entry["checkpoint"], "--hr", *entry["hr"], "--out", str(target), "--overwrite",
+        "--zero-shot", method, "--operator", entry["operator"], "--scale", str(entry["scale"]), "--sigma-y", str(sigma_y),
+        "--seed", str(entry.get("seed", 0)),
+    ]
+    if entry.get("steps"):
+        cmd += ["--steps", str(entry["steps"])]
+    cmd += [str(a) for a in entry.get("args", [])]
+    cmd += [str(a) for a in entry.get("method_args", {}).get(method, [])]
+    print("$", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+    dst = docs / f"{name}.json"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    metrics = json.loads((target / "metrics.json").read_text())
+    metrics["command"] = " ".join(cmd[1:])
+    dst.write_text(json.dumps(metrics, indent=1))
+
+
+def _model_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    methods = m.get("methods", {})
+    for k in MODEL_KEYS:
+        if k in methods:
+            return methods[k]
+    raise KeyError(f"no model metrics in {sorted(methods)}")
+
+
+def _baseline(m: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, dict[str, Any]] | None:
+    for k in keys:
+        if k in m.get("methods", {}):
+            return k, m["methods"][k]
+    return None
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def table(plan: list[dict[str, Any]], docs: Path) -> str:
+    rows: list[str] = []
+    results: list[dict[str, Any]] = []
+    head = "| domain | operator | method | sigma_y | PSNR | SSIM | consistency | calls | seconds |\n|---|---|---|---|---|---|---|---|---|"
+    for entry in plan:
+        for sigma_y in entry.get("sigma_y", [0.0]):
+            first: dict[str, Any] | None = None
+            for method in entry["methods"]:
+                path = docs / f"{run_name(entry, method, sigma_y)}.json"
+                if not path.exists():
+                    continue
+                m = json.loads(path.read_text())
+                first = first or m
+                d = _model_metrics(m)
+                row = {
+                    "domain": entry["domain"], "operator": f"{entry['operator']} x{entry['scale']}", "method": method,
+                    "sigma_y": sigma_y, "psnr": d.get("psnr"), "ssim": d.get("ssim"), "consistency_psnr": d.get("consistency_psnr"),
+                    "network_calls": m.get("network_calls"), "seconds": m.get("seconds"), "file": str(path.relative_to(docs)),
+                }
+                results.append(row)
+                rows.append(
+                    f"| {row['domain']} | {row['operator']} | {method} | {sigma_y:g} | {_fmt(row['psnr'])} | {_fmt(row['ssim'], 3)} "
+                    f"| {_fmt(row['consistency_psnr'], 1)} | {row['network_calls'] or '–'} | {_fmt(row['seconds'], 1)} |"
+                )
+            if first is None:
+                continue
+            for label, keys in BASELINES:
+                found = _baseline(first, keys)
+                if found:
+                    k, d = found
+                    results.append({"domain": entry["domain"], "operator": f"{entry['operator']} x{entry['scale']}", "method": k,
+                                    "sigma_y": sigma_y, "psnr": d.get("psnr"), "ssim": d.get("ssim"),
+                                    "consistency_psnr": d.get("consistency_psnr")})
+                    rows.append(f"| {entry['domain']} | {entry['operator']} x{entry['scale']} | *{k}* | {sigma_y:g} | {_fmt(d.get('psnr'))} "
+                                f"| {_fmt(d.get('ssim'), 3)} | {_fmt(d.get('consistency_psnr'), 1)} | 0 | – |")
+            cond = entry.get("conditional")
+            if cond and not sigma_y and (ROOT / cond["metrics"]).exists():
+                d = _model_metrics(json.loads((ROOT / cond["metrics"]).read_text()))
+                rows.append(f"| {entry['domain']} | {entry['operator']} x{entry['scale']} | *conditional: {cond['label']}* | 0 "
+                            f"| {_fmt(d.get('psnr'))} | {_fmt(d.get('ssim'), 3)} | {_fmt(d.get('consistency_psnr'), 1)} | – | – |")
+    (docs / "results.json").write_text(json.dumps(results, indent=1))
+    return head + "\n" + "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--plan", required=True, help="JSON list of runs (see the module docstring)")
+    p.add_argument("--out", default="runs/zero_shot", help="evaluation folders (reports, images)")
+    p.add_argument("--docs", default="docs/zero_shot", help="where metrics, table.md and results.json are kept")
+    p.add_argument("--only", default=None, help="run only this domain")
+    p.add_argument("--methods", default=None, help="comma-separated methods to run (default: the plan's)")
+    p.add_argument("--table-only", action="store_true", help="rebuild the table from the kept metrics")
+    args = p.parse_args(argv)
+    plan = json.loads(Path(args.plan).read_text())
+    docs, out = Path(args.docs), Path(args.out)
+    diffsr = shutil.which("diffsr") or str(Path(sys.executable).parent / "diffsr")
+    if not args.table_only:
+        wanted = set(args.methods.split(",")) if args.methods else None
+        for entry in plan:
+            if args.only and entry["domain"] != args.only:
+                continue
+            for sigma_y in entry.get("sigma_y", [0.0]):
+                for method in entry["methods"]:
+                    if wanted is None or method in wanted:
+                        run(entry, method, float(sigma_y), out, docs, diffsr)
+    text = table(plan, docs)
+    (docs / "table.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

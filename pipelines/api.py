@@ -68,6 +68,16 @@ def upscale(
     whole_photo: bool = False,
     background: str | Path | None = None,
     workdir: str | Path | None = None,
+    zero_shot: str | None = None,
+    operator: str | None = None,
+    mtf: float | None = None,
+    sigma_y: float = 0.0,
+    zeta: float | None = None,
+    gdp_scale: float | None = None,
+    jumps: int | None = None,
+    eta_b: float | None = None,
+    travel_length: int | None = None,
+    travel_repeat: int | None = None,
 ) -> Path:
     """Upscale an image, a NIfTI volume, a GeoTIFF or a face with a trained checkpoint (or ``model``).
 
@@ -78,6 +88,17 @@ def upscale(
     standard deviation. ``tiling`` ``"auto"`` is the domain's default tiles. ``whole_photo``
     (face checkpoints) restores the faces of a photo and upscales the rest (bicubic, or the image
     checkpoint ``background``).
+
+    Zero-shot (:mod:`toolkit.zeroshot`): ``zero_shot`` names the method (ddnm, ddnm+, ddrm, ilvr,
+    repaint, dps, gdp); the model runs unconditionally, told that ``src`` is ``A x`` plus noise of
+    std ``sigma_y`` (a fraction of the signal's span, the data units the checkpoint's
+    normalisation maps onto [-1, 1]), ``A`` the ``operator`` (area,
+    gaussian, slice, kspace, mtf with ``mtf``) at ``scale`` (then the operator's factor(s), needed).
+    A prior (an unconditional checkpoint) runs only so; a conditional pixel-space checkpoint runs
+    with its null condition; a residual-space one is refused. ``zeta``, ``gdp_scale``, ``jumps``,
+    ``eta_b``, ``travel_length``, ``travel_repeat`` are the methods' parameters (``None``: their
+    defaults) and ``eta``, given, is also DDRM's and DDNM+'s. Zero-shot runs hold the whole
+    input in memory (the network may still be tiled): a raster too large for that is refused.
     """
     request = UpscaleRequest(**locals())  # the arguments above, by name (checks the output paths first)
     return select(request).upscale(request)
@@ -100,6 +121,18 @@ def evaluate(
     bands: Sequence[int] | None = None,
     degradation_seed: int = 0,
     holdout: int | None = None,
+    scale: int | Sequence[int] | None = None,
+    eta: float | None = None,
+    zero_shot: str | None = None,
+    operator: str | None = None,
+    mtf: float | None = None,
+    sigma_y: float = 0.0,
+    zeta: float | None = None,
+    gdp_scale: float | None = None,
+    jumps: int | None = None,
+    eta_b: float | None = None,
+    travel_length: int | None = None,
+    travel_repeat: int | None = None,
 ) -> dict[str, Any]:
     """Degrade each high-resolution file with the checkpoint's operator, upscale it, and score it against baselines.
 
@@ -107,6 +140,18 @@ def evaluate(
     ``overwrite``) and returns the metrics. Every file and the folder are checked before any work. Face
     checkpoints degrade blindly (seed ``degradation_seed``; ``holdout``: the people a portrait
     folder holds back).
+
+    ``zero_shot`` (with ``operator``, ``scale`` and the methods' parameters, as :func:`upscale`)
+    degrades every reference with that known operator instead (faces too) and runs the model
+    zero-shot. ``sigma_y`` adds Gaussian noise to each degraded input, of std ``sigma_y`` times
+    the signal's span (the data units the checkpoint's normalisation maps onto [-1, 1], per
+    channel), drawn from one generator seeded with ``degradation_seed`` in file order
+    (:class:`domains.base.MeasurementNoise`); a zero-shot method is told the same level. Every
+    domain's ``metrics.json`` records per method (the model, interpolation, and interpolation
+    projected onto ``{x : A x = y}``: always for images and rasters, in zero-shot runs for
+    volumes and faces) PSNR, SSIM and consistency PSNR, and the run's ``prior``,
+    ``zero_shot`` (method, parameters, operator), ``sigma_y``, ``network_calls`` per sample and
+    ``seconds`` of the diffusion upscaling (:func:`domains.base.run_record`).
     """
     request = EvaluateRequest(**locals())  # the arguments above, by name
     if not hr_files:

@@ -100,11 +100,15 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("input")
     u.add_argument("output")
     u.add_argument("--checkpoint", required=True, help="checkpoint written by 'diffsr fit'")
-    u.add_argument("--scale", type=_factors, default=None, help="expected factor (2, or 1,1,4 per axis); refused if the checkpoint's differs")
+    u.add_argument(
+        "--scale", type=_factors, default=None,
+        help="expected factor (2, or 1,1,4 per axis), refused if the checkpoint's differs; with --zero-shot the operator's factor(s)",
+    )
     u.add_argument("--volume-index", type=_count(0), default=None, help="volume of a 4D NIfTI file to use")
     _sampling_args(u)
     u.add_argument("--guidance", type=_real(), default=None, help="classifier-free guidance weight (1 = none)")
-    u.add_argument("--eta", type=_real(0), default=None, help="DDIM eta (0 deterministic)")
+    u.add_argument("--eta", type=_real(0), default=None, help="DDIM eta (0 deterministic); with --zero-shot also DDRM's and DDNM+'s eta")
+    _zero_shot_args(u, "the input's noise std, a fraction of the signal's span (what the normalisation maps onto [-1, 1]), told to the method")
     u.add_argument("--uncertainty", default=None, metavar="FILE", help="write the per-pixel std over --samples (16-bit)")
     u.add_argument("--bands", type=_band_list, default=None, help="raster bands, 1-based (default: the checkpoint's)")
     u.add_argument("--whole-photo", action="store_true", help="face checkpoints: find faces in a photo, restore and paste them back")
@@ -118,10 +122,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--hr", nargs="+", required=True, metavar="FILE", help="high-resolution reference files")
     e.add_argument("--out", required=True, metavar="DIR", help="output folder")
     e.add_argument("--bands", type=_band_list, default=None, help="raster bands, 1-based (default: the checkpoint's)")
-    e.add_argument("--degradation-seed", type=int, default=0, help="faces: seed of the blind degradations")
+    e.add_argument("--degradation-seed", type=int, default=0, help="seed of the faces' blind degradations and of the --sigma-y noise")
     e.add_argument("--holdout", type=_count(1), default=None, help="faces: evaluate the held-back people of a portrait folder")
     e.add_argument("--overwrite", action="store_true", help="replace an existing metrics.json and report")
     _sampling_args(e)
+    e.add_argument("--scale", type=_factors, default=None, help="with --zero-shot: the operator's factor (2, or 1,1,4 per axis)")
+    e.add_argument("--eta", type=_real(0), default=None, help="DDIM eta (0 deterministic); with --zero-shot also DDRM's and DDNM+'s eta")
+    _zero_shot_args(e, "Gaussian noise added to each degraded input (seed --degradation-seed), std a fraction of the signal's span")
     _max_pixels_arg(e)
 
     m = sub.add_parser("demo", help="train a small model on the shipped photos, evaluate it on held-back ones")
@@ -227,6 +234,34 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=_count(0), default=None, help="tile (patch) size for the network, 0 for one pass (default 128 in 2D, 64 in 3D)")
     p.add_argument("--overlap", type=_count(0), default=None, help="overlap between tiles, with --tile (default a quarter of the tile)")
     p.add_argument("--tile-batch", type=_count(1), default=4, help="tiles per network call")
+
+
+def _zero_shot_args(p: argparse.ArgumentParser, sigma_help: str) -> None:
+    """The zero-shot options (:mod:`toolkit.zeroshot`): the method, the operator it is told, and the methods' parameters."""
+    from toolkit.operators import OPERATOR_NAMES
+    from toolkit.zeroshot import ZeroShotOptions, method_names
+
+    d = ZeroShotOptions()  # the methods' defaults
+
+    p.add_argument(
+        "--zero-shot", choices=method_names(), default=None, metavar="METHOD",
+        help=f"{'|'.join(method_names())}: run unconditionally, told --operator and --scale (a prior; a conditional pixel-space checkpoint uses its null condition)",
+    )
+    p.add_argument("--operator", choices=OPERATOR_NAMES, default=None, help="with --zero-shot: the degradation A told to the method (evaluate degrades each reference with it)")
+    p.add_argument("--mtf", type=_real(0, 1, above=True), default=None, help="MTF at the coarse grid's Nyquist for --operator mtf (default 0.3)")
+    p.add_argument("--sigma-y", type=_real(0), default=0.0, help=f"{sigma_help} (default 0)")
+    p.add_argument("--zeta", type=_real(0), default=None, help=f"DPS: step on the gradient of the residual norm (default {d.zeta:g})")
+    p.add_argument("--gdp-scale", type=_real(0), default=None, help=f"GDP: guidance scale (default {d.scale:g})")
+    p.add_argument("--jumps", type=_count(1), default=None, help=f"RePaint: resamplings per step (default {d.jumps}; 1 = ILVR)")
+    p.add_argument("--eta-b", type=_real(0), default=None, help=f"DDRM: weight of the measurement on measured components (default {d.eta_b:g})")
+    p.add_argument("--travel-length", type=_count(0), default=None, help=f"DDNM+: time travel, levels to jump back (default {d.travel_length}: none)")
+    p.add_argument("--travel-repeat", type=_count(1), default=None, help=f"DDNM+: time travel, times each travel is repeated (default {d.travel_repeat})")
+
+
+def _zero_shot(args: argparse.Namespace) -> dict[str, Any]:
+    """The zero-shot options of ``args`` as the API's keyword arguments."""
+    names = ("zero_shot", "operator", "mtf", "sigma_y", "zeta", "gdp_scale", "jumps", "eta_b", "travel_length", "travel_repeat")
+    return {name: getattr(args, name) for name in names}
 
 
 def _tiling(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -353,6 +388,7 @@ def _command(args: argparse.Namespace, tiling: Any) -> int:
             args.seed, args.overwrite, args.device, tiling=tiling, scale=args.scale,
             samples=args.samples, uncertainty=args.uncertainty, precision=args.precision, volume_index=args.volume_index,
             bands=args.bands, whole_photo=args.whole_photo, background=args.background_checkpoint, workdir=args.workdir,
+            **_zero_shot(args),
         )
         print(f"wrote {out}")
     elif args.command == "evaluate":
@@ -360,7 +396,8 @@ def _command(args: argparse.Namespace, tiling: Any) -> int:
             args.checkpoint, args.hr, args.out, args.steps, args.sampler, args.seed, args.device, overwrite=args.overwrite,
             tiling=tiling,
             samples=args.samples, precision=args.precision, bands=args.bands,
-            degradation_seed=args.degradation_seed, holdout=args.holdout,
+            degradation_seed=args.degradation_seed, holdout=args.holdout, scale=args.scale, eta=args.eta,
+            **_zero_shot(args),
         )
         print(json.dumps(report.get("methods", report), indent=2))
         print(f"report: {args.out}/report.html")

@@ -9,6 +9,11 @@ input). A face of any size is brought to ``S x S`` the way the training degradat
 
 Every output is written to a temporary file and renamed (:func:`domains.files.write_atomic`), and
 every input is checked before any sampling, so an error never leaves a partial output.
+
+Zero-shot (a face prior, ``configs/faces/prior_128.yaml``, told a known operator): a face crop is
+the measurement ``y = A x + n`` and is upscaled on the grid ``A`` implies
+(:func:`domains.images.pipeline.upscale_image`); :func:`evaluate_faces_zero_shot` degrades each
+held-back face with the known operator (plus seeded noise) instead of the blind degradation.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from domains.base import check_evaluation
+from domains.base import InputError, MeasurementNoise, check_evaluation, run_record
 from domains.faces.data import PORTRAIT_CENTER, PORTRAIT_SIDE, crop_box, crop_square, load_face, resize, split_by_person
 from domains.faces.degradations import FaceDegradation, Output, evaluation_degradation
 from domains.faces.detect import FACE_MARGIN, FaceBox, detect_faces
@@ -35,7 +40,7 @@ from domains.faces.plugin import face_state
 from domains.files import atomic_target, check_decoded_size, write_atomic
 from domains.images.data import list_images
 from domains.images.io import ImageInfo, image_size, read_image, write_image
-from toolkit.checkpoint import CheckpointError, SRModel, load_model, read_checkpoint
+from toolkit.checkpoint import CheckpointError, SRModel, load_model, read_checkpoint, upscale_any_size
 from toolkit.engine import SamplerOptions
 from toolkit.metrics import consistency_psnr, psnr, ssim
 from toolkit.tiling import Tiling
@@ -413,25 +418,44 @@ def _prepare(
     crop_center: Sequence[float] | None,
     crop_side: float | None,
     limit: int | None,
+    noise: MeasurementNoise | None = None,
 ) -> _Prepared:
+    """The references cut and degraded; ``noise`` is added to each degraded face (its grid is the noisy one upsampled)."""
+    files = _reference_files(folder, holdout, limit)
+    hrs, grids, lrs, ops = [], [], [], []
+    for f, hr in zip(files, _reference_crops(fm, files, crop_center, crop_side)):
+        d = degradation.degrade(hr, face_seed(degradation_seed, f.name))
+        lr, grid = d.lr[0][None], d.grid
+        if noise is not None and noise.sigma_y > 0:
+            lr = noise(lr)
+            grid = upsample(lr, hr.shape[2:]).clamp(0, 1).to(hr.dtype)
+        hrs.append(hr)
+        grids.append(grid)
+        lrs.append(lr)
+        ops.append(d.params[0].known_operator())
+    return _Prepared(files, torch.cat(hrs), torch.cat(grids), lrs, ops)
+
+
+def _reference_files(folder: str | Path | Sequence[str | Path], holdout: int | None, limit: int | None) -> list[Path]:
+    """The evaluated files: all, or the people a portrait folder holds back (``holdout``), the first ``limit``."""
     files = list_images(folder if isinstance(folder, (str, Path)) else list(folder))
     if holdout is not None:
         files = split_by_person(files, holdout)[1]
-    if limit is not None:
-        files = files[:limit]
+    return files if limit is None else files[:limit]
+
+
+def _reference_crops(
+    fm: FaceModel, files: Sequence[Path], crop_center: Sequence[float] | None = None, crop_side: float | None = None
+) -> list[torch.Tensor]:
+    """Each file cut with the model's framing (or ``crop_center``/``crop_side``) and resized to ``(1, C, S, S)``."""
     center = tuple(crop_center) if crop_center is not None else fm.crop_center
     side = crop_side if crop_side is not None else fm.crop_side
-    hrs, grids, lrs, ops = [], [], [], []
+    out = []
     for f in files:
         # references are converted like the training photos (a greyscale portrait becomes grey RGB)
         img = load_face(f, fm.model.channels)
-        hr = crop_square(img, crop_box(img.shape[1:], center, side), fm.size)[None]
-        d = degradation.degrade(hr, face_seed(degradation_seed, f.name))
-        hrs.append(hr)
-        grids.append(d.grid)
-        lrs.append(d.lr[0][None])
-        ops.append(d.params[0].known_operator())
-    return _Prepared(files, torch.cat(hrs), torch.cat(grids), lrs, ops)
+        out.append(crop_square(img, crop_box(img.shape[1:], center, side), fm.size)[None])
+    return out
 
 
 def _restore_all(fm: FaceModel, grid: torch.Tensor, options: SamplerOptions, seed: int, batch_size: int) -> tuple[torch.Tensor, float]:
@@ -480,6 +504,7 @@ def evaluate_faces(
     limit: int | None = None,
     overwrite: bool = False,
     device: str = "cpu",
+    noise: MeasurementNoise | None = None,
 ) -> dict[str, Any]:
     """Degrade face crops blindly (seeded), restore them, and compare with bicubic upsampling of the degraded input.
 
@@ -496,14 +521,17 @@ def evaluate_faces(
         holdout: evaluate only the people the datamodule holds back with ``val_count=holdout``.
         panels: faces shown in ``panel.png`` (degraded, bicubic, restored, truth).
         limit: evaluate only the first ``limit`` files (after the split).
+        noise: Gaussian noise added to each degraded face after the blind degradation
+            (:class:`domains.base.MeasurementNoise`; the restored grid is the noisy face upsampled).
 
-    Writes ``out_dir/metrics.json``, ``out_dir/panel.png`` and ``out_dir/report.html``; returns the metrics.
+    Writes ``out_dir/metrics.json`` (with :func:`domains.base.run_record`), ``out_dir/panel.png``
+    and ``out_dir/report.html``; returns the metrics.
     """
     fm = load_face_model(model, device)
     files = list_images(folder if isinstance(folder, (str, Path)) else list(folder))
     out = check_evaluation(files, out_dir, overwrite, _check_reference, ["panel.png"])
     deg = degradation or evaluation_degradation(scale)
-    prep = _prepare(fm, folder, degradation_seed, deg, holdout, crop_center, crop_side, limit)
+    prep = _prepare(fm, folder, degradation_seed, deg, holdout, crop_center, crop_side, limit, noise)
     options = fm.options(steps=steps, t_start=t_start, samples=samples)
     restored, wall = _restore_all(fm, prep.grid, options, seed, batch_size)
     bicubic = prep.grid
@@ -522,6 +550,7 @@ def evaluate_faces(
         "degradation_seed": degradation_seed,
         "sampler": options.spec(),
         "seed": seed,
+        **run_record(fm.model, options, wall, noise),
         "restore_seconds": wall,
         "methods": methods,
         "psnr_gain_db": methods["restored"]["psnr"] - methods["bicubic"]["psnr"],
@@ -534,6 +563,125 @@ def evaluate_faces(
     }
     write_atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(report, indent=2)), overwrite=overwrite)
     n = min(panels, len(prep.files))
+    if n:
+        write_panel(out / "panel.png", prep, bicubic, restored, n, overwrite)
+    _write_report(out, report, n, overwrite)
+    return report
+
+
+def face_framing(model: SRModel) -> FaceModel:
+    """A zero-shot face model (a prior told its operator) with the face size and framing its checkpoint stores.
+
+    Unlike :func:`load_face_model` it takes any scale: the operator's, not a restoration model's 1.
+    """
+    state = face_state({"diffsr": model.spec})
+    center = tuple(state.get("crop_center", PORTRAIT_CENTER))
+    return FaceModel(
+        model, int(state.get("face_size", 128)), (float(center[0]), float(center[1])), float(state.get("crop_side", PORTRAIT_SIDE)),
+        model.source,
+    )
+
+
+def upscale_face_zero_shot(
+    src: str | Path, dst: str | Path, model: SRModel, options: SamplerOptions, seed: int = 0, tiling: Tiling | None = None,
+    overwrite: bool = False, progress: bool = True, precision: str = "32",
+) -> Path:
+    """Upscale one face crop zero-shot: the crop is the measurement ``y`` of the model's operator, the output ``A``'s grid.
+
+    The prior was trained on ``S x S`` crops with its framing, so a crop of ``S / scale`` px a
+    side framed the same way matches it best; any size goes (the network is convolutional).
+
+    Raises:
+        FaceInputError: a folder (one crop at a time), a greyscale crop for an RGB model.
+    """
+    from domains.images.pipeline import upscale_image
+
+    if Path(src).is_dir():
+        raise FaceInputError(f"{src}: zero-shot upscales one face crop at a time, not a folder")
+    return upscale_image(src, dst, model, options, seed, tiling, overwrite, progress, precision)
+
+
+def evaluate_faces_zero_shot(
+    model: SRModel,
+    folder: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    options: SamplerOptions,
+    noise: MeasurementNoise | None = None,
+    holdout: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    panels: int = 4,
+    limit: int | None = None,
+    overwrite: bool = False,
+    tiling: Tiling | None = None,
+    precision: str = "32",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Degrade each face with the model's KNOWN operator (plus ``noise``), upscale it zero-shot, compare with bicubic.
+
+    Each face is cut with the checkpoint's framing at ``S x S`` (as :func:`evaluate_faces`), degraded
+    to ``y = A x + n`` (``A``: the operator the model was told, e.g. x4 area; ``n``: seeded
+    Gaussian noise, :class:`domains.base.MeasurementNoise`), and super-resolved back to ``S x S``
+    in batches (generator ``seed + k`` for the batch from face ``k``). Methods: ``restored``,
+    ``bicubic`` and ``bicubic_projected`` (bicubic moved onto ``{x : A x = y}``), all clipped to
+    [0, 1]; PSNR, SSIM and consistency ``PSNR(A x, y)`` (the truth's own, the noise level, as
+    ``truth_consistency_psnr``). Writes ``metrics.json`` (with :func:`domains.base.run_record`),
+    ``panel.png`` and ``report.html`` in ``out_dir``; returns the metrics.
+
+    Raises:
+        InputError: a face size the operator's factors do not divide.
+    """
+    fm = face_framing(model)
+    op = model.require_operator()
+    if any(fm.size % f for f in op.factors):
+        raise InputError(f"{model.source}: face size {fm.size} is not divisible by the operator's factors {op.factors}")
+    files = _reference_files(folder, holdout, limit)
+    out = check_evaluation(files, out_dir, overwrite, _check_reference, ["panel.png"])
+    noise = noise or MeasurementNoise(0.0)
+    hr = torch.cat(_reference_crops(fm, files))
+    lrs = [noise(op.A(h[None].double()).float()) for h in hr]
+    y = torch.cat(lrs)
+    device = next(model.denoiser.parameters()).device
+    t0 = time.perf_counter()
+    restored = torch.cat([
+        upscale_any_size(model, y[k : k + batch_size], options, make_generator(seed + k, device), tiling=tiling, precision=precision)[0]
+        for k in range(0, len(y), batch_size)
+    ]).clamp(0, 1)
+    wall = time.perf_counter() - t0
+    bic_raw = upsample(y, hr.shape[2:])
+    bicubic = bic_raw.clamp(0, 1)
+    projected = op.project(bic_raw.double(), y.double()).float().clamp(0, 1)
+    prep = _Prepared(files, hr, bicubic, lrs, [op] * len(files))
+    per = {"restored": _scores(restored, prep), "bicubic": _scores(bicubic, prep), "bicubic_projected": _scores(projected, prep)}
+    truth_cons = _scores(prep.hr, prep)["consistency_psnr"]
+    lp = lpips_status()
+    if lp["available"]:  # pragma: no cover - needs weights
+        for name, pred in (("restored", restored), ("bicubic", bicubic), ("bicubic_projected", projected)):
+            per[name]["lpips"] = _lpips(pred, prep.hr).tolist()
+    methods = {m: {k: _mean(v) for k, v in sc.items()} for m, sc in per.items()}
+    report: dict[str, Any] = {
+        "model": fm.source,
+        "face_size": fm.size,
+        "files_evaluated": len(files),
+        "degradation": {"type": "known_operator", "operator": op.spec(), **noise.spec()},
+        "degradation_seed": noise.seed,
+        "scale": list(op.factors),
+        "operator": op.spec(),
+        "sampler": options.spec(),
+        "seed": seed,
+        **run_record(model, options, wall, noise),
+        "restore_seconds": wall,
+        "methods": methods,
+        "psnr_gain_db": methods["restored"]["psnr"] - methods["bicubic"]["psnr"],
+        "truth_consistency_psnr": _mean(truth_cons),
+        "lpips": lp,
+        "files": [
+            {"file": str(f), **{m: {k: v[i] for k, v in per[m].items()} for m in per}, "truth_consistency_psnr": truth_cons[i]}
+            for i, f in enumerate(files)
+        ],
+    }
+    write_atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(report, indent=2)), overwrite=overwrite)
+    n = min(panels, len(files))
     if n:
         write_panel(out / "panel.png", prep, bicubic, restored, n, overwrite)
     _write_report(out, report, n, overwrite)
@@ -560,7 +708,7 @@ def _write_report(out: Path, report: dict[str, Any], panels: int, overwrite: boo
     m = report["methods"]
     keys = [k for k in ("psnr", "ssim", "consistency_psnr", "lpips") if k in m["restored"]]
     rows = "".join(
-        f"<tr><td>{name}</td>" + "".join(f"<td>{m[name][k]:.4f}</td>" for k in keys) + "</tr>" for name in ("restored", "bicubic")
+        f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{m[name][k]:.4f}</td>" for k in keys) + "</tr>" for name in m
     )
     files = "".join(
         f"<tr><td>{html.escape(Path(f['file']).name)}</td><td>{f['restored']['psnr']:.2f}</td><td>{f['bicubic']['psnr']:.2f}</td>"
@@ -578,8 +726,8 @@ img{{image-rendering:pixelated}}</style></head><body>
 <p>sampler {html.escape(json.dumps(report['sampler']))}; seed {report['seed']}; restoring took {report['restore_seconds']:.1f} s</p>
 <table><tr><th>method</th>{''.join(f'<th>{k}</th>' for k in keys)}</tr>{rows}</table>
 <p>PSNR gain over bicubic: {report['psnr_gain_db']:+.2f} dB. Consistency is PSNR(A(x), lr) under the known linear part A
-(blur + area downsampling) of each face's degradation; the truth itself scores {report['truth_consistency_psnr']:.2f} dB
-(the noise and JPEG it cannot explain). {lp_text}</p>
+of each face's degradation; the truth itself scores {report['truth_consistency_psnr']:.2f} dB
+(the noise, and JPEG, it cannot explain). {lp_text}</p>
 {panel}
 <h2>per face</h2><table><tr><th>file</th><th>PSNR restored</th><th>PSNR bicubic</th><th>SSIM restored</th><th>SSIM bicubic</th></tr>{files}</table>
 </body></html>"""

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from domains.base import DegradeRequest, Domain, EvaluateRequest, InputError, Request, UpscaleRequest
+from domains.base import DegradeRequest, Domain, EvaluateRequest, InputError, MeasurementNoise, Request, UpscaleRequest
 
 
 def face_state(checkpoint_data: Mapping[str, Any]) -> dict[str, Any]:
@@ -29,7 +29,12 @@ def face_state(checkpoint_data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class FacesDomain(Domain):
-    """Faces through :mod:`domains.faces.pipeline`: crops restored on the model grid, or whole photos."""
+    """Faces through :mod:`domains.faces.pipeline`: crops restored on the model grid, or whole photos.
+
+    With ``--zero-shot`` (a face prior told a known operator) a crop is upscaled on the operator's
+    grid and ``evaluate`` degrades each face with that operator (plus ``--sigma-y`` noise), not
+    the blind degradation.
+    """
 
     name = "faces"
     order = 10
@@ -55,6 +60,9 @@ class FacesDomain(Domain):
         r = request
         if not face_state(r.checkpoint_data):
             raise InputError(f"{r.checkpoint}: --whole-photo needs a face restoration checkpoint")
+        if r.zero_shot is not None:
+            return self._upscale_zero_shot(r)
+        r.refuse_prior()  # a prior restores nothing without --zero-shot
         model = r.model or r.checkpoint
         sampling: dict[str, Any] = {"steps": r.steps, "samples": r.samples, "seed": r.seed, "overwrite": r.overwrite, "device": r.device}
         if r.whole_photo:
@@ -69,12 +77,38 @@ class FacesDomain(Domain):
         return r.dst
 
     def evaluate(self, request: EvaluateRequest) -> dict[str, Any]:
-        from domains.faces.pipeline import evaluate_faces
+        from domains.faces.pipeline import evaluate_faces, evaluate_faces_zero_shot
+        from domains.images.pipeline import IMAGE_TILING
 
         r = request
+        if r.zero_shot is not None:  # the known operator, not the blind degradation
+            model, options = r.load()
+            return evaluate_faces_zero_shot(
+                model, list(r.hr_files), r.out_dir, options, r.noise(model), holdout=r.holdout, seed=r.seed,
+                overwrite=r.overwrite, tiling=r.tiles(IMAGE_TILING), precision=r.precision, progress=r.progress,
+            )
+        r.refuse_prior()  # a prior restores nothing without --zero-shot
+        span = [2.0 * v for v in (r.spec.get("normalization") or {}).get("scale", [0.5])]  # MeasurementNoise.for_model, unloaded
         return evaluate_faces(
             r.model or r.checkpoint, list(r.hr_files), r.out_dir, r.degradation_seed, holdout=r.holdout,  # type: ignore[arg-type]
             steps=r.steps, samples=r.samples, seed=r.seed, overwrite=r.overwrite, device=r.device,
+            noise=MeasurementNoise(r.sigma_y, span, r.degradation_seed),
+        )
+
+    def _upscale_zero_shot(self, r: UpscaleRequest) -> Path:
+        from domains.faces.pipeline import upscale_face_zero_shot
+        from domains.images.pipeline import IMAGE_TILING
+
+        if r.whole_photo:
+            raise InputError(f"{r.checkpoint}: --whole-photo restores with a face restoration checkpoint; with --zero-shot upscale a face crop")
+        model, options = r.load()
+        if not r.src.is_dir():
+            from domains.images.io import image_size
+
+            height, width, _ = image_size(r.src)
+            r.check_output_size(height * width, model.scale)
+        return upscale_face_zero_shot(
+            r.src, r.dst, model, options, r.seed, r.tiles(IMAGE_TILING), r.overwrite, r.progress, r.precision
         )
 
 

@@ -3,13 +3,16 @@
 * :func:`degrade_image` writes ``A(x)`` with the named operator (:func:`make_operator`).
 * :func:`upscale_image` super-resolves an image of any size (:func:`upscale_array`: padded to the
   network's multiple, tiled, cropped back), same channels and bit depth.
-* :func:`evaluate_images` degrades references with the checkpoint's operator, upscales them and
-  scores PSNR, SSIM and consistency against bicubic, with an HTML report of crops.
+* :func:`evaluate_images` degrades references with the checkpoint's operator (a zero-shot
+  model's: the one it was told), optionally adds seeded measurement noise, upscales them and
+  scores PSNR, SSIM and consistency against bicubic and bicubic projected onto ``{x : A x = y}``,
+  with an HTML report of crops.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from domains.base import InputError, check_evaluation
+from domains.base import InputError, MeasurementNoise, check_evaluation, run_record
 from domains.files import atomic_target, check_decoded_size, write_atomic
 from domains.images.io import image_size, read_image, write_image
 from domains.images.report import write_report
 from toolkit.checkpoint import SRModel, upscale_any_size
-from toolkit.engine import SamplerOptions
+from toolkit.engine import SamplerOptions, network_calls
 from toolkit.metrics import consistency_psnr, psnr, ssim
 from toolkit.operators import Operator, operator_by_name
 from toolkit.tiling import Tiling
@@ -89,7 +92,7 @@ def upscale_array(
         (``None`` when ``options.samples`` is 1).
     """
     device = next(model.denoiser.parameters()).device
-    bar = _progress(options.steps, desc, progress)
+    bar = _progress(network_calls(model.process, options), desc, progress)
     try:
         return upscale_any_size(
             model, y, options, make_generator(seed, device), lambda i, z, x0: bar.update(1), tiling, precision
@@ -181,8 +184,15 @@ def evaluate_images(
     progress: bool = True,
     precision: str = "32",
     overwrite: bool = False,
+    noise: MeasurementNoise | None = None,
 ) -> dict[str, Any]:
-    """Degrade each image with the checkpoint's operator, upscale it, compare with bicubic.
+    """Degrade each image with the model's operator, upscale it, compare with bicubic and projected bicubic.
+
+    ``noise`` (:class:`domains.base.MeasurementNoise`) is added to each degraded input (in file
+    order); the input is not clipped to [0, 1] (the measurement model ``y = A x + n``). Methods:
+    ``diffsr``, ``bicubic`` and ``bicubic_projected`` (bicubic moved onto ``{x : A x = y}``:
+    what data consistency alone gives); the model's output and the baselines are clipped to
+    [0, 1] before scoring. ``metrics.json`` also holds :func:`domains.base.run_record`.
 
     Writes ``out_dir/metrics.json`` and ``out_dir/report.html`` (with PNG crops) and returns the
     metrics. Every reference (its header and size) and the output folder are checked before any
@@ -197,20 +207,29 @@ def evaluate_images(
         check_image_size(f, [n - n % s for n, s in zip((height, width), model.scale)], model, max(SSIM_MIN_SIDE, *model.scale))
 
     out = check_evaluation(hr_files, out_dir, overwrite, check)
+    noise = noise or MeasurementNoise(0.0)
+    op = model.require_operator()
     results: list[FileResult] = []
+    seconds = 0.0
     for f in hr_files:
         data, info = read_image(f)
         check_image_model(model, f, info.channels)
         hr = torch.from_numpy(crop_to_multiple(data, model.scale))[None]
-        y = model.operator.A(hr)
+        y = noise(op.A(hr))
+        t0 = time.perf_counter()
         sr, std = upscale_array(model, y, options, seed, progress, Path(f).name, tiling, precision)
+        seconds += time.perf_counter() - t0
         sr = sr.clamp(0, 1)
-        bic = upsample(y, hr.shape[2:]).clamp(0, 1)
-        panels = {"input": y[0].numpy(), "bicubic": bic[0].numpy(), "diffsr": sr[0].numpy(), "truth": hr[0].numpy()}
+        bic_raw = upsample(y, hr.shape[2:])
+        bic = bic_raw.clamp(0, 1)
+        bicp = op.project(bic_raw.double(), y.double()).float().clamp(0, 1)
+        panels = {"input": y[0].clamp(0, 1).numpy(), "bicubic": bic[0].numpy(), "diffsr": sr[0].numpy(), "truth": hr[0].numpy()}
         panels["error"] = (sr - hr).abs()[0].mean(0, keepdim=True).numpy()
         if std is not None:
             panels["uncertainty"] = std[0].mean(0, keepdim=True).numpy()
-        metrics = {"diffsr": _metrics(model.operator, sr, hr, y), "bicubic": _metrics(model.operator, bic, hr, y)}
+        metrics = {
+            "diffsr": _metrics(op, sr, hr, y), "bicubic": _metrics(op, bic, hr, y), "bicubic_projected": _metrics(op, bicp, hr, y),
+        }
         if std is not None:
             # does the spread of the samples predict the error? (a hallucination check)
             err = (sr - hr).abs().flatten()
@@ -218,13 +237,14 @@ def evaluate_images(
         results.append(FileResult(file=str(f), metrics=metrics, panels=panels))
     methods = {
         m: {k: float(np.mean([r.metrics[m][k] for r in results])) for k in ("psnr", "ssim", "consistency_psnr")}
-        for m in ("diffsr", "bicubic")
+        for m in ("diffsr", "bicubic", "bicubic_projected")
     }
     report = {
         "scale": model.scale[0] if len(set(model.scale)) == 1 else list(model.scale),
-        "operator": model.operator.spec(),
+        "operator": op.spec(),
         "sampler": options.spec(),
         "seed": seed,
+        **run_record(model, options, seconds, noise),
         "methods": methods,
         "files": [{"file": r.file, **r.metrics} for r in results],
     }

@@ -10,7 +10,11 @@ from domains.images.io import image_size
 
 
 class ImagesDomain(Domain):
-    """PNG, JPEG and TIFF images through :mod:`domains.images.pipeline`; unmarked 2D checkpoints are theirs."""
+    """PNG, JPEG and TIFF images through :mod:`domains.images.pipeline`; unmarked 2D checkpoints are theirs.
+
+    Zero-shot (``--zero-shot``) runs through the same functions: the request's model carries the
+    operator it was told (:meth:`domains.base.ModelRequest.load`).
+    """
 
     name = "images"
     order = 90
@@ -42,7 +46,7 @@ class ImagesDomain(Domain):
         model, options = request.load()
         return evaluate_images(
             model, request.hr_files, request.out_dir, options, request.seed, request.tiles(IMAGE_TILING), request.progress,
-            request.precision, request.overwrite,
+            request.precision, request.overwrite, request.noise(model),
         )
 
 

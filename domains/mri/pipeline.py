@@ -13,11 +13,19 @@ checkpoint upscale:
 
 Intensities are normalised per volume (the checkpoint's ``domain.intensity``), from the
 low-resolution input, and restored on output.
+
+Zero-shot (a model told its operator, :meth:`domains.base.ModelRequest.load`): the streamed path
+refuses zero-shot methods, so a 3D model samples the whole volume in memory
+(:func:`toolkit.checkpoint.upscale_any_size`: one state for the volume, so a global operator such
+as k-space truncation, whose halo is ``None``, is exact), the network still run patch by patch
+with the same tiling. A slice-wise model runs plane by plane as above, each plane's operator
+the volume operator restricted to it.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from domains.base import InputError, check_evaluation
+from domains.base import InputError, MeasurementNoise, check_evaluation, run_record
 from domains.files import NonFiniteWarning, atomic_target, write_atomic
 from domains.images.pipeline import crop_to_multiple, make_operator, upscale_array
 from domains.mri.data import volume_normalization
@@ -142,7 +150,9 @@ def upscale_volume_array(
     norm = _intensity(model, lr)
     scale, offset = norm.scale[0], norm.offset[0]
     x = (np.asarray(lr, dtype=np.float32) - np.float32(offset)) / np.float32(scale)
-    if model.spatial_dims == 3:
+    if model.spatial_dims == 3 and options.zero_shot is not None:
+        out, std = _whole_3d(model, x, options, seed, tiling, progress, precision, scale, offset, np.dtype(out_dtype), name)
+    elif model.spatial_dims == 3:
         one_pass = Tiling(max(model.operator.hr_shape(x.shape)) + 64, 0, 1)
         out, std = _stream_3d(model, x, options, seed, tiling or one_pass, progress, precision, scale, offset, np.dtype(out_dtype))
     else:
@@ -198,6 +208,19 @@ def _stream_3d(
         write_std=None if std is None else write_std, progress=progress, precision=precision,
     )
     return out, std
+
+
+def _whole_3d(
+    model: SRModel, x: np.ndarray, options: SamplerOptions, seed: int, tiling: Tiling | None, progress: bool, precision: str,
+    scale: float, offset: float, out_dtype: np.dtype, name: str,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A 3D model over the whole normalised volume ``x`` in memory (a zero-shot method needs its whole state);
+    the network runs in ``tiling``'s patches (``None``: one pass). Returns scanner units."""
+    sr, sd = upscale_array(
+        model, torch.from_numpy(np.ascontiguousarray(x))[None, None], options, seed, progress, Path(name).name, tiling, precision
+    )
+    out = _to_dtype(sr[0, 0].numpy() * np.float32(scale) + np.float32(offset), out_dtype)
+    return out, None if sd is None else sd[0, 0].numpy() * np.float32(scale)
 
 
 def _slicewise(
@@ -276,14 +299,22 @@ def evaluate_volumes(
     progress: bool = True,
     precision: str = "32",
     overwrite: bool = False,
+    noise: MeasurementNoise | None = None,
 ) -> dict[str, Any]:
-    """Degrade each volume with the checkpoint's operator, super-resolve it, compare with trilinear and cubic spline.
+    """Degrade each volume with the model's operator, super-resolve it, compare with trilinear and cubic spline.
 
     PSNR and SSIM are 3D, within the head (voxels above half of Otsu's threshold of the
     reference), with the reference's intensity range as the data range; consistency is the PSNR
     of ``A(sr)`` against the input. Writes ``metrics.json``, ``report.html`` with PNG panels, and
     each super-resolved volume as NIfTI. Every reference (its header) and the output folder are
     checked before any work (:func:`domains.base.check_evaluation`); the folder is made only then.
+
+    ``noise`` (:class:`domains.base.MeasurementNoise`) is added to each degraded volume: its
+    standard deviation is in the model's units (the per-volume normalised intensities, whose
+    [-1, 1] is the volume's percentile span), so in scanner units it is scaled by the volume's
+    intensity normalisation, taken from the noise-free input. A zero-shot run (a model told its operator) also scores ``cubic_projected``
+    (the cubic spline moved onto ``{x : A x = y}``; conditional runs keep the three methods
+    earlier reports have). ``metrics.json`` also holds :func:`domains.base.run_record`.
     """
     check_volume_model(model, hr_files[0] if hr_files else "volume")
     factors = volume_factors(model)
@@ -294,17 +325,27 @@ def evaluate_volumes(
             raise MRIFileError(f"{f}: volume {shape} is smaller than the factors {factors}")
 
     out = check_evaluation(hr_files, out_dir, overwrite, check, [f"{_stem(f)}_diffsr.nii.gz" for f in hr_files])
-    op3d = model.operator if model.spatial_dims == 3 else _volume_operator(model, factors)
+    op3d = model.require_operator() if model.spatial_dims == 3 else _volume_operator(model, factors)
+    noise = noise or MeasurementNoise(0.0)
+    zero_shot = options.zero_shot is not None
     results: list[VolumeResult] = []
     panels: list[tuple[str, dict[str, np.ndarray]]] = []
+    seconds = 0.0
     for f in hr_files:
         hr, meta = read_volume(f)
         hr = hr[tuple(slice(0, n - n % s) for n, s in zip(hr.shape, factors))]
         y = op3d.A(torch.from_numpy(hr)[None, None].double())[0, 0].float().numpy()
+        y = noise(y, _intensity(model, y).scale[0])
+        t0 = time.perf_counter()
         sr, std = upscale_volume_array(model, y, options, seed, tiling, progress, precision)
+        seconds += time.perf_counter() - t0
         mask = foreground_mask(hr)
         r = float(hr.max() - hr.min())
         methods = {"diffsr": sr, "trilinear": trilinear(y, factors), "cubic": cubic_spline(y, factors)}
+        if zero_shot:
+            cubic = torch.from_numpy(methods["cubic"].astype(np.float64))[None, None]
+            y64 = torch.from_numpy(y.astype(np.float64))[None, None]
+            methods["cubic_projected"] = op3d.project(cubic, y64)[0, 0].float().numpy()
         metrics: dict[str, dict[str, float]] = {}
         for name, pred in methods.items():
             cons = op3d.A(torch.from_numpy(pred)[None, None].double())[0, 0].numpy()
@@ -320,12 +361,13 @@ def evaluate_volumes(
         write_volume(out / f"{stem}_diffsr.nii.gz", sr, meta, meta.affine, overwrite=overwrite)
         results.append(VolumeResult(str(f), metrics))
         panels.append((stem, _panels(hr, y, methods, std, factors)))
-    names = ("diffsr", "trilinear", "cubic")
+    names = ("diffsr", "trilinear", "cubic", *(("cubic_projected",) if zero_shot else ()))
     report = {
         "factors": list(factors),
         "operator": op3d.spec(),
         "sampler": options.spec(),
         "seed": seed,
+        **run_record(model, options, seconds, noise),
         "methods": {m: {k: float(np.mean([r.metrics[m][k] for r in results])) for k in ("psnr", "ssim", "consistency_psnr")} for m in names},
         "files": [{"file": r.file, **r.metrics} for r in results],
     }

@@ -8,6 +8,11 @@
 * :func:`evaluate_rasters` degrades references with the model's operator, upscales them and
   scores per-band PSNR and SSIM, SAM, ERGAS and consistency against bicubic.
 
+Zero-shot (a model told its operator, e.g. ``--zero-shot ddnm --operator mtf --scale 4``): the
+streamed sampler refuses zero-shot methods (they need the whole state), so the raster is read
+whole and sampled in memory, the network still run tile by tile (:func:`sample_whole`); a
+raster whose state would not fit in memory (:func:`check_in_memory`) is refused before any work.
+
 Nodata: nodata pixels of the input, and pixels holding NaN or Inf in any band (counted in a
 warning), are filled with the band's normalisation offset (its robust mid-range) before the
 model sees them, and the output is nodata (NaN in a float raster without nodata) wherever the
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from domains.base import check_evaluation
+from domains.base import MeasurementNoise, check_evaluation, run_record
 from domains.files import atomic_target, write_atomic
 from domains.satellite.io import (
     RasterFileError,
@@ -46,7 +53,7 @@ from toolkit.operators import AreaDownsample, Operator
 from toolkit.tiling import Tiling
 from toolkit.utils import as_factors, upsample
 
-__all__ = ["degrade_raster", "evaluate_rasters", "make_raster_operator", "upscale_raster"]
+__all__ = ["check_in_memory", "degrade_raster", "evaluate_rasters", "make_raster_operator", "sample_whole", "upscale_raster"]
 
 OperatorName = Literal["area", "mtf"]
 #: GDAL's block cache (MB) while streaming: bounded, so peak memory does not follow the raster
@@ -55,6 +62,11 @@ GDAL_CACHE_MB = 64
 RASTER_TILING = Tiling(128, 32, 4)
 ONE_PASS = Tiling(1 << 16, 0, 1)
 Region = tuple[slice, ...]
+#: float32 arrays of the output's size a zero-shot run holds at once (the state, the prediction,
+#: the noise, the step's temporaries and the output), to size :func:`check_in_memory`
+ZERO_SHOT_ARRAYS = 12
+#: the memory assumed available where the system does not say (bytes)
+FALLBACK_MEMORY = 4 * 2**30
 
 
 def make_raster_operator(kind: str, scale: int | Sequence[int], mtf: float | Sequence[float] = 0.3) -> Operator:
@@ -154,6 +166,45 @@ def degrade_raster(
 
 
 # --- upscale ----------------------------------------------------------------------------------------
+def available_memory() -> int:
+    """Bytes of physical memory available now (``FALLBACK_MEMORY`` where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return FALLBACK_MEMORY
+
+
+def check_in_memory(path: str | Path, model: SRModel, lr_shape: Sequence[int], samples: int = 1, limit: int | None = None) -> None:
+    """Refuse a zero-shot run whose in-memory state would take over ``limit`` bytes (default: half the available memory).
+
+    The estimate is :data:`ZERO_SHOT_ARRAYS` float32 arrays of the output's size per sample
+    (the ensemble runs as one batch).
+    """
+    hr = model.require_operator().hr_shape(lr_shape)
+    need = 4 * ZERO_SHOT_ARRAYS * model.channels * int(np.prod(hr)) * max(1, int(samples))
+    limit = available_memory() // 2 if limit is None else limit
+    if need > limit:
+        raise RasterFileError(
+            f"{path}: a zero-shot run holds the whole raster in memory (about {need / 2**30:.1f} GiB for a "
+            f"{hr[0]}x{hr[1]}x{model.channels} output, {limit / 2**30:.1f} GiB allowed): upscale a window of it, "
+            "or use a conditional checkpoint, which streams"
+        )
+
+
+def sample_whole(
+    model: SRModel, y: np.ndarray, options: SamplerOptions, seed: int, tiling: Tiling, progress: bool, precision: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Super-resolve ``y`` ``(C, h, w)`` (data units, nodata filled) in memory: the output and its std (``None``
+    for one sample), ``(C, H, W)`` float32. The whole state is one tensor (a zero-shot method's); the network
+    runs in ``tiling``'s tiles (:func:`toolkit.checkpoint.upscale_any_size`)."""
+    from domains.images.pipeline import upscale_array
+
+    x, std = upscale_array(
+        model, torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))[None], options, seed, progress, "sampling", tiling, precision
+    )
+    return x[0].numpy(), None if std is None else std[0].numpy()
+
+
 def _check_model(model: SRModel, meta: RasterMeta) -> None:
     if model.spatial_dims != 2:
         raise RasterFileError(f"{meta.path}: a raster cannot go through a {model.spatial_dims}D checkpoint")
@@ -194,7 +245,9 @@ def upscale_raster(
     nodata, band descriptions and tags, and the transform ``transform @ Affine.scale(1 / s)``
     (right for rotated rasters too). Neither the input nor the output is ever held whole: the
     diffusion state is on disk (in ``workdir``) for large scenes, and output blocks are written
-    as soon as they are complete.
+    as soon as they are complete. A zero-shot model (``options.zero_shot``) is the exception:
+    the raster is sampled whole in memory (:func:`sample_whole`), and refused when it would not
+    fit (:func:`check_in_memory`).
 
     Args:
         src: input GeoTIFF / COG.
@@ -230,9 +283,11 @@ def upscale_raster(
         meta = reader.meta
         _check_model(model, meta)
         reader.check_has_data()
-        factors = model.operator.factors
+        factors = model.require_operator().factors
         hr_meta = meta.rescaled(factors)
         fill = _band_fill(model)
+        if opts.zero_shot is not None:
+            check_in_memory(src, model, meta.shape, opts.samples)
 
         def read_lr(region: Region) -> np.ndarray:
             data, valid = reader.read(region)  # type: ignore[arg-type]
@@ -248,6 +303,12 @@ def upscale_raster(
                     out.write(region, value, valid_of(region))  # type: ignore[arg-type]
 
                 def run(write_std: Callable[[Region, np.ndarray], None] | None) -> None:
+                    if opts.zero_shot is not None:  # the whole raster in memory (the streamed path refuses zero-shot)
+                        x, std = sample_whole(model, read_lr(tuple(slice(0, n) for n in meta.shape)), opts, seed, tiling, progress, precision)
+                        write_hr(tuple(slice(0, n) for n in x.shape[1:]), x)
+                        if write_std is not None and std is not None:
+                            write_std(tuple(slice(0, n) for n in std.shape[1:]), std)
+                        return
                     stream_upscale(
                         model, read_lr, meta.shape, write_hr, opts, seed=seed, tiling=tiling, write_std=write_std,
                         workdir=workdir, progress=progress, precision=precision, state=state,
@@ -283,8 +344,12 @@ def _stretch(img: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def _sr_in_memory(model: SRModel, y: np.ndarray, options: SamplerOptions, seed: int, tiling: Tiling, progress: bool, precision: str) -> np.ndarray:
-    """Run the streaming sampler over an in-memory LR array ``(C, h, w)``; returns ``(C, H, W)`` float32."""
+    """Run the streaming sampler over an in-memory LR array ``(C, h, w)`` (a zero-shot model: :func:`sample_whole`);
+    returns ``(C, H, W)`` float32."""
     from toolkit.streaming import stream_upscale
+
+    if options.zero_shot is not None:
+        return sample_whole(model, y, options, seed, tiling, progress, precision)[0]
 
     hr = np.full((y.shape[0], *model.operator.hr_shape(y.shape[1:])), np.nan, dtype=np.float32)
 
@@ -337,6 +402,7 @@ def evaluate_rasters(
     data_range: float | Sequence[float] | None = None,
     overwrite: bool = False,
     report: bool = True,
+    noise: MeasurementNoise | None = None,
 ) -> dict[str, Any]:
     """Degrade each reference with the model's operator, upscale it, and compare with bicubic.
 
@@ -349,6 +415,11 @@ def evaluate_rasters(
     ``diffsr``, ``bicubic``, and ``bicubic_projected`` (bicubic projected onto
     ``{x : A x = y}``, which shows what the model adds beyond data consistency).
 
+    ``noise`` (:class:`domains.base.MeasurementNoise`, in the raster's data units) is added to
+    each degraded reference before it is rounded to the raster's dtype; ``metrics.json`` also
+    holds :func:`domains.base.run_record`. A zero-shot model samples each reference whole in
+    memory (:func:`sample_whole`), refused when it would not fit (:func:`check_in_memory`).
+
     Writes ``out_dir/metrics.json`` and, with ``report``, ``out_dir/report.html`` with PNG crops.
     Every reference (header, bands, size, that it has data) and the output folder are checked
     before any work (:func:`domains.base.check_evaluation`); the folder is made only then.
@@ -358,8 +429,9 @@ def evaluate_rasters(
         FileExistsError: a report exists in ``out_dir`` and not ``overwrite``.
     """
     opts = options or model.options
-    op = model.operator
+    op = model.require_operator()
     fr, fc = op.factors
+    noise = noise or MeasurementNoise(0.0)
 
     def check(f: Path) -> None:
         with _env(), RasterReader(f, bands) as reader:
@@ -368,6 +440,8 @@ def evaluate_rasters(
             if meta.height // fr < model.multiple or meta.width // fc < model.multiple:
                 raise RasterFileError(f"{f}: raster {meta.height}x{meta.width} is too small for the model")
             reader.check_has_data()
+            if opts.zero_shot is not None:
+                check_in_memory(f, model, (meta.height // fr, meta.width // fc), opts.samples)
 
     out = check_evaluation(hr_files, out_dir, overwrite, check)
     fill = _band_fill(model)
@@ -376,6 +450,7 @@ def evaluate_rasters(
     )
     files: list[dict[str, Any]] = []
     panels: list[tuple[str, dict[str, np.ndarray], tuple[int, int, int, int]]] = []
+    seconds = 0.0
     with _env():
         for f in hr_files:
             with RasterReader(f, bands) as reader:  # checked above
@@ -383,13 +458,15 @@ def evaluate_rasters(
                 h, w = meta.height // fr * fr, meta.width // fc * fc
                 data, valid = reader.read((slice(0, h), slice(0, w)))
             hr = torch.from_numpy(_fill(data, valid, fill))[None].double()
-            y = op.A(hr)
+            y = noise(op.A(hr))
             reach = op.A(torch.from_numpy((~valid).astype(np.float64))[None, None].expand(1, meta.count, -1, -1).contiguous())
             valid_lr = reach[0].amax(0) <= 1e-12
             # what degrade_raster would write, with nodata filled as upscale_raster fills it
             y_np = _fill(to_dtype(y[0].numpy(), meta.dtype).astype(np.float32), valid_lr.numpy(), fill)
             y_q = torch.from_numpy(y_np)[None].double()
+            t0 = time.perf_counter()
             sr_np = _sr_in_memory(model, y_np, opts, seed, tiling, progress, precision)
+            seconds += time.perf_counter() - t0
             mask = torch.from_numpy(valid) & torch.repeat_interleave(torch.repeat_interleave(valid_lr, fr, 0), fc, 1)
 
             sr = _as_written(sr_np, meta, mask)
@@ -434,6 +511,7 @@ def evaluate_rasters(
         "operator": op.spec(),
         "sampler": opts.spec(),
         "seed": seed,
+        **run_record(model, opts, seconds, noise),
         "data_range_per_band": ranges,
         "methods": methods,
         "files": files,

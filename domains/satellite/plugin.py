@@ -13,7 +13,11 @@ from domains.satellite.io import RASTER_SUFFIXES, is_raster
 
 
 class SatelliteDomain(Domain):
-    """Multispectral rasters through :mod:`domains.satellite.pipeline`, georeferencing kept."""
+    """Multispectral rasters through :mod:`domains.satellite.pipeline`, georeferencing kept.
+
+    Zero-shot (``--zero-shot``, e.g. ``--operator mtf --scale 4``) samples a raster whole in
+    memory (the streamed path refuses it); one too large for memory is refused before any work.
+    """
 
     name = "satellite"
     order = 30
@@ -55,7 +59,7 @@ class SatelliteDomain(Domain):
         model, options = r.load()
         return evaluate_rasters(
             model, r.hr_files, r.out_dir, options, r.seed, _tiles(r),
-            _bands(r, model.spec), r.progress, r.precision, overwrite=r.overwrite,
+            _bands(r, model.spec), r.progress, r.precision, overwrite=r.overwrite, noise=r.noise(model),
         )
 
 

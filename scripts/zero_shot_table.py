@@ -109,7 +109,7 @@ def table(plan: list[dict[str, Any]], docs: Path) -> str:
                 )
             if first is None:
                 continue
-            for label, keys in BASELINES:
+            for _label, keys in BASELINES:
                 found = _baseline(first, keys)
                 if found:
                     k, d = found

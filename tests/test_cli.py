@@ -255,6 +255,34 @@ SMOKE_TESTED_HERE = {
         "--data.init_args.crop_size", "32", "--data.init_args.val_crop_size", "32", "--data.init_args.batch_size", "2",
         "--data.init_args.samples_per_epoch", "4", *TINY_NET,
     ],
+    # the zero-shot priors (validation runs them zero-shot with their config's operator)
+    "images/prior_128": [
+        "--data.init_args.crop_size", "32", "--data.init_args.val_crop_size", "32", "--data.init_args.batch_size", "2",
+        "--data.init_args.samples_per_epoch", "4", *TINY_NET,
+    ],
+    "satellite/prior_64": [
+        "--data.init_args.crop_size", "32", "--data.init_args.val_crop_size", "32", "--data.init_args.batch_size", "2",
+        "--data.init_args.samples_per_epoch", "4", *TINY_NET,
+    ],
+    "mri/prior_3d": [
+        "--data.init_args.train", str(ROOT / "data" / "mri" / "mni152_09a_t1_crop64.nii.gz"),
+        "--data.init_args.val", str(ROOT / "data" / "mri" / "nibabel_someones_anatomy.nii.gz"),
+        "--data.init_args.patch_size", "[16, 16, 16]", "--data.init_args.val_patch_size", "[16, 16, 16]",
+        "--data.init_args.voxel_sizes", "[2.0]", "--data.init_args.batch_size", "2",
+        "--data.init_args.samples_per_epoch", "4", *TINY_NET,
+    ],
+    "mri/prior_2d": [
+        "--data.init_args.train", str(ROOT / "data" / "mri" / "mni152_09a_t1_crop64.nii.gz"),
+        "--data.init_args.val", str(ROOT / "data" / "mri" / "nibabel_someones_anatomy.nii.gz"),
+        "--data.init_args.patch_size", "[16, 3, 16]", "--data.init_args.val_patch_size", "[16, 3, 16]",
+        "--data.init_args.voxel_sizes", "[2.0]", "--data.init_args.batch_size", "2",
+        "--data.init_args.samples_per_epoch", "4", *TINY_NET,
+    ],
+    "faces/prior_128": [
+        "--data.init_args.root", str(ROOT / "data" / "faces" / "congress_portraits"), "--data.init_args.size", "32",
+        "--data.init_args.val_count", "4", "--data.init_args.val_samples", "2", "--data.init_args.batch_size", "2",
+        "--data.init_args.samples_per_epoch", "4", *TINY_NET,
+    ],
 }  # fmt: skip
 
 
@@ -313,7 +341,7 @@ def test_print_config_shows_the_sampling_block(capsys: pytest.CaptureFixture[str
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["init_args"]["sampling"] == {
         "sampler": "ddim", "steps": 7, "eta": 0.0, "guidance_scale": 1.0, "consistency": "final",
-        "t_start": 200, "start": "regression", "samples": 4, "flip_ensemble": True,
+        "t_start": 200, "start": "regression", "samples": 4, "flip_ensemble": True, "zero_shot": None,
     }  # fmt: skip
 
 

@@ -91,7 +91,10 @@ class DiffusionSR(pl.LightningModule):
         self.operator = operator or AreaDownsample(2, spatial_dims=denoiser.spatial_dims)
         if self.operator.spatial_dims != denoiser.spatial_dims:
             raise ValueError(f"operator has {self.operator.spatial_dims} spatial dims, denoiser {denoiser.spatial_dims}")
-        self.process = process or GaussianProcess()
+        # a prior predicts v (Salimans & Ho 2022): x0 = alpha z - sigma v is near z at low noise from
+        # the first step on, where an x0-predicting network with a zero-initialised output learns the
+        # mean image first and ignores z (measured: 19 dB at t = 5 after 700 steps, eps/v: 42 dB after 300)
+        self.process = process or GaussianProcess(parameterization="v" if self.prior else "x0")
         if self.prior and self.process.conditional:
             raise ValueError(f"a prior needs a process that does not start from the input, not {self.process.kind!r}")
         self.normalization = normalization or Normalization()

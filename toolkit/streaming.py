@@ -397,8 +397,10 @@ class StreamCanvas(Canvas):
         return self.model.space.decode(zt, y), y, inner
 
     # -- the loop's questions -------------------------------------------------------------------
-    def predict(self, t: float) -> None:
-        """Blend the guided network's ``x0`` over all tiles into ``acc``."""
+    def predict(self, t: float, loss: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Blend the guided network's ``x0`` over all tiles into ``acc`` (no gradients: zero-shot is refused here)."""
+        if loss is not None:
+            raise ValueError("a gradient through the network (DPS) needs the whole array in memory, not a streamed one")
         acc, layout, space = self.fields["acc"], self.layout, self.model.space
         acc.zero()
         per_call = max(1, self.tiling.batch)

@@ -36,16 +36,58 @@ MODEL_KEYS = ("diffsr", "restored")
 BASELINES = (("interpolation", ("bicubic", "cubic")), ("interp. + projection", ("bicubic_projected", "cubic_projected")))
 
 
+def prepare(entry: dict[str, Any], out: Path) -> list[str]:
+    """The entry's reference files: as given, or made once under ``out/data`` (``entry["prepare"]``).
+
+    * ``{"kind": "crops", "src": [...], "size": [h, w]}``: the centre ``h x w`` of each image (PNG);
+    * ``{"kind": "satellite_blocks", "config": C}``: the validation blocks config ``C`` held back;
+    * ``{"kind": "held_back_faces", "root": R, "val_count": n, "limit": k}``: the first ``k`` of
+      the people the face datamodule holds back with ``val_count = n``.
+    """
+    spec = entry.get("prepare")
+    if spec is None:
+        return list(entry["hr"])
+    sys.path.insert(0, str(ROOT))
+    dst = out / "data" / entry["domain"]
+    if spec["kind"] == "crops":
+        import numpy as np
+        from PIL import Image
+
+        dst.mkdir(parents=True, exist_ok=True)
+        files = []
+        for src in spec["src"]:
+            a = np.asarray(Image.open(ROOT / src).convert("RGB"))
+            h, w = spec["size"]
+            top, left = (a.shape[0] - h) // 2, (a.shape[1] - w) // 2
+            path = dst / (Path(src).stem + f"_{h}x{w}.png")
+            Image.fromarray(a[top : top + h, left : left + w]).save(path)
+            files.append(str(path))
+        return files
+    if spec["kind"] == "satellite_blocks":
+        import yaml
+
+        from domains.satellite.data import RasterDataModule
+
+        init = dict(yaml.safe_load((ROOT / spec["config"]).read_text())["data"]["init_args"])
+        return [str(p) for p in RasterDataModule(**init).write_validation_rasters(dst, overwrite=True)]
+    if spec["kind"] == "held_back_faces":
+        from domains.faces.data import split_by_person
+
+        files = sorted(p for p in (ROOT / spec["root"]).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        return [str(p) for p in split_by_person(files, int(spec["val_count"]))[1][: int(spec["limit"])]]
+    raise ValueError(f"unknown prepare kind {spec['kind']!r}")
+
+
 def run_name(entry: dict[str, Any], method: str, sigma_y: float) -> str:
     scale = str(entry["scale"]).replace(",", "x")
     return f"{entry['domain']}/{entry['operator']}_x{scale}/{method}" + (f"_sy{sigma_y:g}" if sigma_y else "")
 
 
-def run(entry: dict[str, Any], method: str, sigma_y: float, out: Path, docs: Path, diffsr: str) -> None:
+def run(entry: dict[str, Any], hr: list[str], method: str, sigma_y: float, out: Path, docs: Path, diffsr: str) -> None:
     name = run_name(entry, method, sigma_y)
     target = out / name
     cmd = [
-        diffsr, "evaluate", "--checkpoint", entry["checkpoint"], "--hr", *entry["hr"], "--out", str(target), "--overwrite",
+        diffsr, "evaluate", "--checkpoint", entry["checkpoint"], "--hr", *hr, "--out", str(target), "--overwrite",
         "--zero-shot", method, "--operator", entry["operator"], "--scale", str(entry["scale"]), "--sigma-y", str(sigma_y),
         "--seed", str(entry.get("seed", 0)),
     ]
@@ -144,10 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         for entry in plan:
             if args.only and entry["domain"] != args.only:
                 continue
+            hr = prepare(entry, out)
             for sigma_y in entry.get("sigma_y", [0.0]):
                 for method in entry["methods"]:
                     if wanted is None or method in wanted:
-                        run(entry, method, float(sigma_y), out, docs, diffsr)
+                        run(entry, hr, method, float(sigma_y), out, docs, diffsr)
     text = table(plan, docs)
     (docs / "table.md").write_text(text)
     print(text)

@@ -153,8 +153,13 @@ class SRModel:
             self.denoiser, self.process, self.space, operator, yn, opts, generator, callback, tiling, precision
         )
         if not bool(torch.isfinite(x).all()) or (std is not None and not bool(torch.isfinite(std).all())):
-            cause = "the input" if not bool(torch.isfinite(yn).all()) else "the weights or the normalisation"
-            raise ValueError(f"{self.source}: the output has NaN or Inf values ({cause} must be finite); nothing written")
+            if not bool(torch.isfinite(yn).all()):
+                cause = "the input must be finite"
+            elif opts.zero_shot is not None and opts.zero_shot.method in ("dps", "gdp"):
+                cause = f"the {opts.zero_shot.method} guidance step diverged: lower --zeta / --gdp-scale"
+            else:
+                cause = "the weights or the normalisation must be finite"
+            raise ValueError(f"{self.source}: the output has NaN or Inf values ({cause}); nothing written")
         scale = torch.tensor(self.normalization.scale, dtype=x.dtype, device=x.device).reshape(1, -1, *([1] * self.spatial_dims))
         return self.normalization.denormalize(x), None if std is None else std * scale
 

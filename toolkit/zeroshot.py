@@ -36,7 +36,7 @@ orthonormal wavelet packet): :class:`StateOperator` sees the operator through it
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
@@ -428,5 +428,3 @@ def bind(
     op = StateOperator(operator, space, operator.hr_shape(y.shape[2:]))
     return METHODS[options.method](options, op, y, sigma_y, schedule)
 
-
-LossFn = Callable[[torch.Tensor], torch.Tensor]

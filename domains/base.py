@@ -148,6 +148,8 @@ class ModelRequest(Request):
     eta_b: float | None = None
     travel_length: int | None = None
     travel_repeat: int | None = None
+    #: none, final or every_step (``None``: the checkpoint's)
+    consistency: str | None = None
 
     def __post_init__(self) -> None:
         self.check_zero_shot()
@@ -237,9 +239,13 @@ class ModelRequest(Request):
             except ValueError as exc:
                 raise InputError(f"{self.source}: {exc}") from None
             model = model.zero_shot(op, self.zero_shot_options())  # ValueError (names the checkpoint): a residual space
-        options = model.options.updated(
-            steps=self.steps, sampler=self.sampler, guidance_scale=self.guidance, eta=self.eta, samples=self.samples
-        )
+        try:
+            options = model.options.updated(
+                steps=self.steps, sampler=self.sampler, guidance_scale=self.guidance, eta=self.eta, samples=self.samples,
+                consistency=self.consistency,
+            )
+        except ValueError as exc:
+            raise InputError(f"{self.source}: {exc}") from None
         return model, options
 
     def tiles(self, default: Tiling | None) -> Tiling | None:

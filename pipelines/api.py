@@ -78,6 +78,7 @@ def upscale(
     eta_b: float | None = None,
     travel_length: int | None = None,
     travel_repeat: int | None = None,
+    consistency: str | None = None,
 ) -> Path:
     """Upscale an image, a NIfTI volume, a GeoTIFF or a face with a trained checkpoint (or ``model``).
 
@@ -97,7 +98,8 @@ def upscale(
     A prior (an unconditional checkpoint) runs only so; a conditional pixel-space checkpoint runs
     with its null condition; a residual-space one is refused. ``zeta``, ``gdp_scale``, ``jumps``,
     ``eta_b``, ``travel_length``, ``travel_repeat`` are the methods' parameters (``None``: their
-    defaults) and ``eta``, given, is also DDRM's and DDNM+'s. Zero-shot runs hold the whole
+    defaults) and ``eta``, given, is also DDRM's and DDNM+'s; ``consistency`` (none, final,
+    every_step) overrides the checkpoint's data consistency. Zero-shot runs hold the whole
     input in memory (the network may still be tiled): a raster too large for that is refused.
     """
     request = UpscaleRequest(**locals())  # the arguments above, by name (checks the output paths first)
@@ -133,6 +135,7 @@ def evaluate(
     eta_b: float | None = None,
     travel_length: int | None = None,
     travel_repeat: int | None = None,
+    consistency: str | None = None,
 ) -> dict[str, Any]:
     """Degrade each high-resolution file with the checkpoint's operator, upscale it, and score it against baselines.
 

@@ -229,6 +229,10 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=sampler_names(), default=None, help="sampler (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--samples", type=_count(1), default=None, help="average this many samples (posterior mean); default: the checkpoint's")
+    p.add_argument(
+        "--consistency", choices=["none", "final", "every_step"], default=None,
+        help="data consistency: none, a final projection onto {A x = y} (never onto a noisy input), DDNM every step; default: the checkpoint's",
+    )
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", choices=["32", "bf16", "fp16"], default="32", help="network precision (autocast)")
     p.add_argument("--tile", type=_count(0), default=None, help="tile (patch) size for the network, 0 for one pass (default 128 in 2D, 64 in 3D)")
@@ -260,7 +264,7 @@ def _zero_shot_args(p: argparse.ArgumentParser, sigma_help: str) -> None:
 
 def _zero_shot(args: argparse.Namespace) -> dict[str, Any]:
     """The zero-shot options of ``args`` as the API's keyword arguments."""
-    names = ("zero_shot", "operator", "mtf", "sigma_y", "zeta", "gdp_scale", "jumps", "eta_b", "travel_length", "travel_repeat")
+    names = ("zero_shot", "operator", "mtf", "sigma_y", "zeta", "gdp_scale", "jumps", "eta_b", "travel_length", "travel_repeat", "consistency")
     return {name: getattr(args, name) for name in names}
 
 

@@ -80,7 +80,8 @@ def prepare(entry: dict[str, Any], out: Path) -> list[str]:
 
 def run_name(entry: dict[str, Any], method: str, sigma_y: float) -> str:
     scale = str(entry["scale"]).replace(",", "x")
-    return f"{entry['domain']}/{entry['operator']}_x{scale}/{method}" + (f"_sy{sigma_y:g}" if sigma_y else "")
+    tag = f"_{entry['tag']}" if entry.get("tag") else ""
+    return f"{entry['domain']}/{entry['operator']}_x{scale}/{method}" + (f"_sy{sigma_y:g}" if sigma_y else "") + tag
 
 
 def run(entry: dict[str, Any], hr: list[str], method: str, sigma_y: float, out: Path, docs: Path, diffsr: str) -> None:
@@ -139,17 +140,18 @@ def table(plan: list[dict[str, Any]], docs: Path) -> str:
                 m = json.loads(path.read_text())
                 first = first or m
                 d = _model_metrics(m)
+                label = f"{method} ({entry['tag']})" if entry.get("tag") else method
                 row = {
-                    "domain": entry["domain"], "operator": f"{entry['operator']} x{entry['scale']}", "method": method,
+                    "domain": entry["domain"], "operator": f"{entry['operator']} x{entry['scale']}", "method": label,
                     "sigma_y": sigma_y, "psnr": d.get("psnr"), "ssim": d.get("ssim"), "consistency_psnr": d.get("consistency_psnr"),
                     "network_calls": m.get("network_calls"), "seconds": m.get("seconds"), "file": str(path.relative_to(docs)),
                 }
                 results.append(row)
                 rows.append(
-                    f"| {row['domain']} | {row['operator']} | {method} | {sigma_y:g} | {_fmt(row['psnr'])} | {_fmt(row['ssim'], 3)} "
+                    f"| {row['domain']} | {row['operator']} | {label} | {sigma_y:g} | {_fmt(row['psnr'])} | {_fmt(row['ssim'], 3)} "
                     f"| {_fmt(row['consistency_psnr'], 1)} | {row['network_calls'] or '–'} | {_fmt(row['seconds'], 1)} |"
                 )
-            if first is None:
+            if first is None or entry.get("tag"):  # a tagged entry repeats an untagged one's baselines
                 continue
             for _label, keys in BASELINES:
                 found = _baseline(first, keys)
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", default="docs/zero_shot", help="where metrics, table.md and results.json are kept")
     p.add_argument("--only", default=None, help="run only this domain")
     p.add_argument("--methods", default=None, help="comma-separated methods to run (default: the plan's)")
+    p.add_argument("--tag", default=None, help="run only the entries with this tag ('' for the untagged ones)")
     p.add_argument("--table-only", action="store_true", help="rebuild the table from the kept metrics")
     args = p.parse_args(argv)
     plan = json.loads(Path(args.plan).read_text())
@@ -185,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         wanted = set(args.methods.split(",")) if args.methods else None
         for entry in plan:
             if args.only and entry["domain"] != args.only:
+                continue
+            if args.tag is not None and entry.get("tag", "") != args.tag:
                 continue
             hr = prepare(entry, out)
             for sigma_y in entry.get("sigma_y", [0.0]):

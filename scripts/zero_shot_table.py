@@ -15,6 +15,8 @@ A plan is a list of entries::
     {"domain": "images", "checkpoint": "runs/prior_images/last.ckpt", "hr": ["data/natural/holdout/a.png"],
      "operator": "area", "scale": "2", "methods": ["ddnm", "ddrm"], "sigma_y": [0.0],
      "steps": 25, "args": ["--jumps", "3"], "conditional": {"label": "sr3_x2 (15 min)", "metrics": "docs/eval_sr3_x2/metrics.json"}}
+
+``"tag"`` (with a ``"label"`` for the table) repeats runs under another name, e.g. with other ``args``.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ def table(plan: list[dict[str, Any]], docs: Path) -> str:
                 m = json.loads(path.read_text())
                 first = first or m
                 d = _model_metrics(m)
-                label = f"{method} ({entry['tag']})" if entry.get("tag") else method
+                label = f"{method} ({entry.get('label', entry['tag'])})" if entry.get("tag") else method
                 row = {
                     "domain": entry["domain"], "operator": f"{entry['operator']} x{entry['scale']}", "method": label,
                     "sigma_y": sigma_y, "psnr": d.get("psnr"), "ssim": d.get("ssim"), "consistency_psnr": d.get("consistency_psnr"),

@@ -337,3 +337,19 @@ def test_slicewise_prior_within_its_planes(cli_fails: CliFails, volume: Path, tm
     m = json.loads((out / "metrics.json").read_text())
     assert m["operator"]["type"] == "slice_average" and m["operator"]["axis"] in (2, -1) and m["factors"] == [1, 1, 4]
     assert m["methods"]["diffsr"]["consistency_psnr"] > 80 and m["prior"] is True
+
+
+def test_consistency_option_reaches_the_sampler(priors: dict[str, Path], tmp_path: Path) -> None:
+    """``--consistency none|every_step`` reaches the sampling options the run records; an unknown value is refused."""
+    lr = tmp_path / "lr.png"
+    write_image(lr, read_image(PHOTO)[0][:, 100:124, 150:186], 16)
+    for mode in ("none", "every_step"):
+        out = tmp_path / f"{mode}.json"
+        assert main([
+            "evaluate", "--checkpoint", str(priors["images"]), "--hr", str(lr), "--out", str(tmp_path / mode),
+            "--zero-shot", "ddnm", "--operator", "area", "--scale", "2", "--consistency", mode, *STEPS,
+        ]) == 0  # fmt: skip
+        out.write_text((tmp_path / mode / "metrics.json").read_text())
+        assert json.loads(out.read_text())["sampler"]["consistency"] == mode
+    assert main(["upscale", str(lr), str(tmp_path / "x.png"), "--checkpoint", str(priors["images"]), "--consistency", "always"]) == 2
+    assert not (tmp_path / "x.png").exists()

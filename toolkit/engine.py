@@ -3,7 +3,9 @@
 :func:`sample_canvas` is the only sampling loop. It asks a :class:`Canvas` where the state lives
 and how its parts are seen, and drives the parts every path shares: the process's schedule and
 prior, the sampler's stepper (:mod:`toolkit.samplers`), the truncated starts, classifier-free
-guidance and DDNM data consistency. Two canvases exist:
+guidance, DDNM data consistency and the zero-shot methods' hooks (:mod:`toolkit.zeroshot`: a
+correction of ``x0_hat``, a replaced step, a correction of the next state, jumps back to noisier
+levels; in memory only). Two canvases exist:
 
 * :class:`MemoryCanvas` (here): the whole batch as one tensor on the device; the network runs on
   it whole or tile by tile (:class:`toolkit.tiling.TiledDenoiser`);

@@ -435,7 +435,7 @@ class StreamCanvas(Canvas):
         if any(a >= n for a, n in zip(lo, self.hr_shape)):
             return  # padding only
         x, y, inner = self.decode_window(z, cell)
-        if self.options.consistency != "none" and self.whole is None:
+        if self.options.final_projection and self.whole is None:
             x = self.model.operator.project(x, y)  # exact inside the window for block-local operators
         x_np = self.model.normalization.denormalize(x[inner])[0].float().cpu().numpy()
         hi_c = [min(h, n) for h, n in zip(hi, self.hr_shape)]
@@ -535,7 +535,7 @@ def stream_upscale(
     nbytes = 4 * (denoiser.state_channels * n_arrays + 1) * math.prod(layout.shape)
     on_disk = state == "disk" or (state == "auto" and nbytes > memory_limit_mb * 2**20)
     whole_projection = (
-        options.consistency != "none"
+        options.final_projection
         and not op.block_local
         and 4 * model.channels * math.prod(hr_shape) <= exact_projection_mb * 2**20
     )

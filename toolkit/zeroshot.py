@@ -352,9 +352,13 @@ class ILVR(ZeroShot):
     summary = "low-pass A^+A of the state replaced by the noised measurement's at each step"
     after_noise = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reference = self.op.A_pinv(self.y)  # A^+ y, the same at every step
+
     def after(self, z_next, x0, i, noise, grad):  # type: ignore[no-untyped-def]
         a, s = self.schedule.alpha[i + 1], self.schedule.sigma[i + 1]
-        known = a * self.op.A_pinv(self.y)
+        known = a * self.reference
         if s > 0 and noise is not None:
             known = known + s * self.op.low_pass(noise)
         return z_next - self.op.low_pass(z_next) + known

@@ -535,14 +535,7 @@ def evaluate_faces(
     options = fm.options(steps=steps, t_start=t_start, samples=samples)
     restored, wall = _restore_all(fm, prep.grid, options, seed, batch_size)
     bicubic = prep.grid
-    per = {"restored": _scores(restored, prep), "bicubic": _scores(bicubic, prep)}
-    truth_cons = _scores(prep.hr, prep)["consistency_psnr"]
-    lp = lpips_status()
-    if lp["available"]:  # pragma: no cover - needs weights
-        per["restored"]["lpips"] = _lpips(restored, prep.hr).tolist()
-        per["bicubic"]["lpips"] = _lpips(bicubic, prep.hr).tolist()
-    methods = {m: {k: _mean(v) for k, v in s.items()} for m, s in per.items()}
-    report: dict[str, Any] = {
+    head = {
         "model": fm.source,
         "face_size": fm.size,
         "files_evaluated": len(prep.files),
@@ -551,6 +544,24 @@ def evaluate_faces(
         "sampler": options.spec(),
         "seed": seed,
         **run_record(fm.model, options, wall, noise),
+    }
+    return _score_and_write(out, head, prep, {"restored": restored, "bicubic": bicubic}, wall, panels, overwrite)
+
+
+def _score_and_write(
+    out: Path, head: dict[str, Any], prep: _Prepared, preds: dict[str, torch.Tensor], wall: float, panels: int, overwrite: bool
+) -> dict[str, Any]:
+    """Score each of ``preds`` (``restored`` and ``bicubic`` first) against ``prep``'s truth, and write
+    ``metrics.json`` (``head`` first), ``panel.png`` (``panels`` faces) and ``report.html`` in ``out``."""
+    per = {name: _scores(pred, prep) for name, pred in preds.items()}
+    truth_cons = _scores(prep.hr, prep)["consistency_psnr"]
+    lp = lpips_status()
+    if lp["available"]:  # pragma: no cover - needs weights
+        for name, pred in preds.items():
+            per[name]["lpips"] = _lpips(pred, prep.hr).tolist()
+    methods = {m: {k: _mean(v) for k, v in sc.items()} for m, sc in per.items()}
+    report: dict[str, Any] = {
+        **head,
         "restore_seconds": wall,
         "methods": methods,
         "psnr_gain_db": methods["restored"]["psnr"] - methods["bicubic"]["psnr"],
@@ -564,7 +575,7 @@ def evaluate_faces(
     write_atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(report, indent=2)), overwrite=overwrite)
     n = min(panels, len(prep.files))
     if n:
-        write_panel(out / "panel.png", prep, bicubic, restored, n, overwrite)
+        write_panel(out / "panel.png", prep, preds["bicubic"], preds["restored"], n, overwrite)
     _write_report(out, report, n, overwrite)
     return report
 
@@ -652,14 +663,7 @@ def evaluate_faces_zero_shot(
     bicubic = bic_raw.clamp(0, 1)
     projected = op.project(bic_raw.double(), y.double()).float().clamp(0, 1)
     prep = _Prepared(files, hr, bicubic, lrs, [op] * len(files))
-    per = {"restored": _scores(restored, prep), "bicubic": _scores(bicubic, prep), "bicubic_projected": _scores(projected, prep)}
-    truth_cons = _scores(prep.hr, prep)["consistency_psnr"]
-    lp = lpips_status()
-    if lp["available"]:  # pragma: no cover - needs weights
-        for name, pred in (("restored", restored), ("bicubic", bicubic), ("bicubic_projected", projected)):
-            per[name]["lpips"] = _lpips(pred, prep.hr).tolist()
-    methods = {m: {k: _mean(v) for k, v in sc.items()} for m, sc in per.items()}
-    report: dict[str, Any] = {
+    head = {
         "model": fm.source,
         "face_size": fm.size,
         "files_evaluated": len(files),
@@ -670,22 +674,9 @@ def evaluate_faces_zero_shot(
         "sampler": options.spec(),
         "seed": seed,
         **run_record(model, options, wall, noise),
-        "restore_seconds": wall,
-        "methods": methods,
-        "psnr_gain_db": methods["restored"]["psnr"] - methods["bicubic"]["psnr"],
-        "truth_consistency_psnr": _mean(truth_cons),
-        "lpips": lp,
-        "files": [
-            {"file": str(f), **{m: {k: v[i] for k, v in per[m].items()} for m in per}, "truth_consistency_psnr": truth_cons[i]}
-            for i, f in enumerate(files)
-        ],
     }
-    write_atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(report, indent=2)), overwrite=overwrite)
-    n = min(panels, len(files))
-    if n:
-        write_panel(out / "panel.png", prep, bicubic, restored, n, overwrite)
-    _write_report(out, report, n, overwrite)
-    return report
+    preds = {"restored": restored, "bicubic": bicubic, "bicubic_projected": projected}
+    return _score_and_write(out, head, prep, preds, wall, panels, overwrite)
 
 
 def write_panel(path: Path, prep: _Prepared, bicubic: torch.Tensor, restored: torch.Tensor, n: int, overwrite: bool = True) -> None:

@@ -23,6 +23,7 @@ Orders: faces 10, mri 20, satellite 30, images 90 (images reads any other file, 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -150,9 +151,19 @@ class ModelRequest(Request):
     travel_repeat: int | None = None
     #: none, final or every_step (``None``: the checkpoint's)
     consistency: str | None = None
+    #: reference-guided SR: a co-registered high-resolution file on the output grid (evaluate: one per file)
+    reference: str | Path | Sequence[str | Path] | None = None
+    #: classifier guidance: a noise-aware classifier checkpoint, the class to steer to, the scale
+    classifier: str | Path | None = None
+    class_label: str | int | None = None
+    classifier_scale: float | None = None
 
     def __post_init__(self) -> None:
         self.check_zero_shot()
+        if self.classifier is None and (self.class_label is not None or self.classifier_scale is not None):
+            raise InputError(f"{self.source}: --class and --classifier-scale need --classifier CKPT")
+        if self.classifier is not None and self.class_label is None:
+            raise InputError(f"{self.source}: --classifier {self.classifier} needs --class LABEL (the class to steer towards)")
 
     @property
     def source(self) -> str:
@@ -246,6 +257,11 @@ class ModelRequest(Request):
             )
         except ValueError as exc:
             raise InputError(f"{self.source}: {exc}") from None
+        if self.classifier is not None:
+            from toolkit.classifier import load_guide
+
+            guide = load_guide(self.classifier, self.class_label, 1.0 if self.classifier_scale is None else self.classifier_scale, model)
+            model = dataclasses.replace(model, guide=guide)
         return model, options
 
     def tiles(self, default: Tiling | None) -> Tiling | None:
@@ -264,6 +280,8 @@ class UpscaleRequest(ModelRequest):
     whole_photo: bool = False
     background: str | Path | None = None
     workdir: str | Path | None = None
+    #: test-time adaptation: fine-tune a copy of the model on the input itself for this many steps
+    adapt_steps: int = 0
 
     def __post_init__(self) -> None:
         """Refuse the options and the output paths before any work: zero-shot options that do not fit, an
@@ -283,6 +301,20 @@ class UpscaleRequest(ModelRequest):
     @property
     def inputs(self) -> list[Path]:
         return [self.src]
+
+    def adapted(self, model: SRModel, y: Any, seed: int = 0) -> SRModel:
+        """``model`` fine-tuned on the input ``y`` ``(B, C, *spatial)`` (data units) itself for ``adapt_steps``
+        steps (test-time adaptation, :func:`toolkit.adapt.adapt_to_input`); ``model`` unchanged when 0."""
+        if not self.adapt_steps:
+            return model
+        if self.zero_shot is not None or model.prior:
+            raise InputError(f"{self.source}: --adapt-steps fine-tunes a conditional model; a zero-shot run has no pairs to learn")
+        from toolkit.adapt import adapt_to_input
+
+        try:
+            return adapt_to_input(model, y, self.adapt_steps, seed=seed, progress=self.progress)
+        except ValueError as exc:
+            raise InputError(f"{self.src}: {exc}") from None
 
     def check_uncertainty(self, suffixes: Sequence[str] | None) -> None:
         """Refuse an uncertainty map the domain cannot write (``suffixes``: its formats; ``None``: the domain checks)."""

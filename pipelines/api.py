@@ -79,6 +79,11 @@ def upscale(
     travel_length: int | None = None,
     travel_repeat: int | None = None,
     consistency: str | None = None,
+    reference: str | Path | None = None,
+    classifier: str | Path | None = None,
+    class_label: str | int | None = None,
+    classifier_scale: float | None = None,
+    adapt_steps: int = 0,
 ) -> Path:
     """Upscale an image, a NIfTI volume, a GeoTIFF or a face with a trained checkpoint (or ``model``).
 
@@ -101,6 +106,13 @@ def upscale(
     defaults) and ``eta``, given, is also DDRM's and DDNM+'s; ``consistency`` (none, final,
     every_step) overrides the checkpoint's data consistency. Zero-shot runs hold the whole
     input in memory (the network may still be tiled): a raster too large for that is refused.
+
+    ``reference``: a co-registered high-resolution file on the output grid, for a checkpoint
+    trained with one (reference-guided SR; its geometry is checked against the input's).
+    ``classifier`` (a noise-aware classifier checkpoint, :mod:`toolkit.classifier`) steers the
+    sampler towards ``class_label`` with scale ``classifier_scale`` (classifier guidance).
+    ``adapt_steps`` > 0 fine-tunes a copy of the model on ``src`` itself first (test-time
+    adaptation, HR-free: the input degraded once more by the model's operator, :mod:`toolkit.adapt`).
     """
     request = UpscaleRequest(**locals())  # the arguments above, by name (checks the output paths first)
     return select(request).upscale(request)
@@ -136,6 +148,10 @@ def evaluate(
     travel_length: int | None = None,
     travel_repeat: int | None = None,
     consistency: str | None = None,
+    reference: Sequence[str | Path] | None = None,
+    classifier: str | Path | None = None,
+    class_label: str | int | None = None,
+    classifier_scale: float | None = None,
 ) -> dict[str, Any]:
     """Degrade each high-resolution file with the checkpoint's operator, upscale it, and score it against baselines.
 
@@ -155,6 +171,9 @@ def evaluate(
     volumes and faces) PSNR, SSIM and consistency PSNR, and the run's ``prior``,
     ``zero_shot`` (method, parameters, operator), ``sigma_y``, ``network_calls`` per sample and
     ``seconds`` of the diffusion upscaling (:func:`domains.base.run_record`).
+
+    ``reference`` (one file per ``hr_files`` item, same order), ``classifier``, ``class_label``
+    and ``classifier_scale`` as in :func:`upscale`.
     """
     request = EvaluateRequest(**locals())  # the arguments above, by name
     if not hr_files:

@@ -109,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--guidance", type=_real(), default=None, help="classifier-free guidance weight (1 = none)")
     u.add_argument("--eta", type=_real(0), default=None, help="DDIM eta (0 deterministic); with --zero-shot also DDRM's and DDNM+'s eta")
     _zero_shot_args(u, "the input's noise std, a fraction of the signal's span (what the normalisation maps onto [-1, 1]), told to the method")
+    _guided_args(u, "co-registered high-resolution reference on the output grid (a reference-guided checkpoint: e.g. the panchromatic band)")
+    u.add_argument(
+        "--adapt-steps", type=_count(0), default=0,
+        help="test-time adaptation: fine-tune a copy of the model on this input for K steps first (HR-free: the input degraded once more)",
+    )
     u.add_argument("--uncertainty", default=None, metavar="FILE", help="write the per-pixel std over --samples (16-bit)")
     u.add_argument("--bands", type=_band_list, default=None, help="raster bands, 1-based (default: the checkpoint's)")
     u.add_argument("--whole-photo", action="store_true", help="face checkpoints: find faces in a photo, restore and paste them back")
@@ -129,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--scale", type=_factors, default=None, help="with --zero-shot: the operator's factor (2, or 1,1,4 per axis)")
     e.add_argument("--eta", type=_real(0), default=None, help="DDIM eta (0 deterministic); with --zero-shot also DDRM's and DDNM+'s eta")
     _zero_shot_args(e, "Gaussian noise added to each degraded input (seed --degradation-seed), std a fraction of the signal's span")
+    _guided_args(e, "references on the output grid, one per --hr file in the same order (a reference-guided checkpoint)", many=True)
     _max_pixels_arg(e)
 
     m = sub.add_parser("demo", help="train a small model on the shipped photos, evaluate it on held-back ones")
@@ -262,6 +268,22 @@ def _zero_shot_args(p: argparse.ArgumentParser, sigma_help: str) -> None:
     p.add_argument("--travel-repeat", type=_count(1), default=None, help=f"DDNM+: time travel, times each travel is repeated (default {d.travel_repeat})")
 
 
+def _guided_args(p: argparse.ArgumentParser, reference_help: str, many: bool = False) -> None:
+    """A high-resolution reference (reference-guided SR) and classifier guidance (:mod:`toolkit.classifier`)."""
+    p.add_argument("--reference", nargs="+" if many else None, default=None, metavar="FILE", help=reference_help)
+    p.add_argument("--classifier", default=None, metavar="CKPT", help="noise-aware classifier checkpoint: classifier guidance towards --class")
+    p.add_argument("--class", dest="class_label", default=None, metavar="LABEL", help="with --classifier: the class to steer towards (name or index)")
+    p.add_argument(
+        "--classifier-scale", type=_real(0), default=None,
+        help="with --classifier: guidance scale s in eps - s sigma grad log p(class | z_t) (default 1; 0 = unguided)",
+    )
+
+
+def _guided(args: argparse.Namespace) -> dict[str, Any]:
+    """The reference and classifier-guidance options of ``args`` as the API's keyword arguments."""
+    return {name: getattr(args, name) for name in ("reference", "classifier", "class_label", "classifier_scale")}
+
+
 def _zero_shot(args: argparse.Namespace) -> dict[str, Any]:
     """The zero-shot options of ``args`` as the API's keyword arguments."""
     names = ("zero_shot", "operator", "mtf", "sigma_y", "zeta", "gdp_scale", "jumps", "eta_b", "travel_length", "travel_repeat", "consistency")
@@ -392,7 +414,7 @@ def _command(args: argparse.Namespace, tiling: Any) -> int:
             args.seed, args.overwrite, args.device, tiling=tiling, scale=args.scale,
             samples=args.samples, uncertainty=args.uncertainty, precision=args.precision, volume_index=args.volume_index,
             bands=args.bands, whole_photo=args.whole_photo, background=args.background_checkpoint, workdir=args.workdir,
-            **_zero_shot(args),
+            adapt_steps=args.adapt_steps, **_zero_shot(args), **_guided(args),
         )
         print(f"wrote {out}")
     elif args.command == "evaluate":
@@ -401,7 +423,7 @@ def _command(args: argparse.Namespace, tiling: Any) -> int:
             tiling=tiling,
             samples=args.samples, precision=args.precision, bands=args.bands,
             degradation_seed=args.degradation_seed, holdout=args.holdout, scale=args.scale, eta=args.eta,
-            **_zero_shot(args),
+            **_zero_shot(args), **_guided(args),
         )
         print(json.dumps(report.get("methods", report), indent=2))
         print(f"report: {args.out}/report.html")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.denoiser import UNetDenoiser, denoiser_from_config
-from toolkit.engine import Precision, SamplerOptions, sample_sr_with_uncertainty
+from toolkit.engine import Guide, Precision, SamplerOptions, sample_sr_with_uncertainty
 from toolkit.noise import NoiseField
 from toolkit.normalization import Normalization
 from toolkit.operators import Operator, operator_from_spec
@@ -46,6 +46,41 @@ class SRModel:
     spec: dict[str, Any] = field(default_factory=dict)
     #: the checkpoint the model came from (named in errors)
     source: str = "the model"
+    #: wraps the model function while sampling (classifier guidance, :mod:`toolkit.classifier`)
+    guide: Guide | None = None
+
+    @property
+    def reference_channels(self) -> int:
+        """Channels of the high-resolution reference the model was trained with (0: none)."""
+        ref = self.spec.get("reference") or {}
+        return int(ref.get("channels", 0))
+
+    @property
+    def reference_normalization(self) -> Normalization | None:
+        """The reference's own data-to-network normalisation (``None`` without a reference)."""
+        ref = self.spec.get("reference") or {}
+        return Normalization(**ref["normalization"]) if ref.get("normalization") else None
+
+    def check_reference(self, y: torch.Tensor, reference: torch.Tensor | None) -> None:
+        """Refuse a missing, unexpected or misshapen reference (one line naming the checkpoint).
+
+        Raises:
+            ValueError: the model needs a reference and got none, takes none and got one, or the
+                reference's channels or grid (batch and output grid of ``y``) do not match.
+        """
+        want = self.reference_channels
+        if want and reference is None:
+            raise ValueError(f"{self.source} is reference-guided: it needs a reference on the output grid (--reference)")
+        if reference is None:
+            return
+        if not want:
+            raise ValueError(f"{self.source} was trained without a reference: --reference cannot be used with it")
+        hr = tuple(self.require_operator().hr_shape(y.shape[2:]))
+        if reference.shape[1] != want or reference.shape[0] != y.shape[0] or tuple(reference.shape[2:]) != hr:
+            raise ValueError(
+                f"reference has shape {tuple(reference.shape)}; {self.source} needs "
+                f"({y.shape[0]}, {want}, {', '.join(map(str, hr))}) for this input (its channels on the output grid)"
+            )
 
     @property
     def channels(self) -> int:
@@ -130,11 +165,14 @@ class SRModel:
         callback: Callback | None = None,
         tiling: Tiling | None = None,
         precision: Precision = "32",
+        reference: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean and per-pixel standard deviation (data units) over ``options.samples`` samples.
 
         ``precision`` ``bf16`` or ``fp16`` runs the network under autocast (the sampler's
-        arithmetic, the decoding and the projection stay float32).
+        arithmetic, the decoding and the projection stay float32). ``reference`` ``(B, R,
+        *spatial_hr)`` in its data units: the co-registered high-resolution reference of a
+        reference-guided model.
         """
         operator = self.require_operator()
         if y.shape[1] != self.channels:
@@ -143,6 +181,13 @@ class SRModel:
             raise ValueError(f"input has {y.ndim - 2} spatial dims but the model is {self.spatial_dims}D")
         p = next(self.denoiser.parameters())
         yn = self.normalization.normalize(y.to(device=p.device, dtype=p.dtype))
+        self.check_reference(y, reference)
+        ref = None
+        if reference is not None:
+            if not bool(torch.isfinite(reference).all()):
+                raise ValueError("the reference has NaN or Inf values")
+            ref_norm = self.reference_normalization or Normalization()
+            ref = ref_norm.normalize(reference.to(device=p.device, dtype=p.dtype))
         opts = options or self.options
         if not all(math.isfinite(v) for v in (opts.guidance_scale, opts.eta)):
             raise ValueError(f"guidance {opts.guidance_scale} and eta {opts.eta} must be finite")
@@ -150,7 +195,8 @@ class SRModel:
             self.require_operator()
             raise ValueError(f"{self.source} is an unconditional prior: it runs zero-shot only (--zero-shot METHOD)")
         x, std = sample_sr_with_uncertainty(
-            self.denoiser, self.process, self.space, operator, yn, opts, generator, callback, tiling, precision
+            self.denoiser, self.process, self.space, operator, yn, opts, generator, callback, tiling, precision,
+            ref, self.guide,
         )
         if not bool(torch.isfinite(x).all()) or (std is not None and not bool(torch.isfinite(std).all())):
             if not bool(torch.isfinite(yn).all()):
@@ -172,12 +218,14 @@ def upscale_any_size(
     callback: Callback | None = None,
     tiling: Tiling | None = None,
     precision: Precision = "32",
+    reference: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Super-resolve ``y`` ``(B, C, *spatial)`` (data units) of any size: mean and std, float32 on the CPU.
 
     The input is padded (edge replication) so the output is a multiple of :attr:`SRModel.multiple`,
     sampled, and the padding cropped off again. ``precision`` ``bf16`` or ``fp16`` runs the
-    network under autocast (the sampler's arithmetic stays float32).
+    network under autocast (the sampler's arithmetic stays float32). ``reference`` (on the output
+    grid, data units) is padded by the same number of output pixels.
     """
     multiple = model.multiple
     lr_shape = y.shape[2:]
@@ -186,8 +234,13 @@ def upscale_any_size(
         step = multiple // math.gcd(multiple, f)
         pads += [0, (-n) % step]
     yp = F.pad(y, pads, mode="replicate") if any(pads) else y
-    x, std = model.upscale_with_uncertainty(yp, generator, options, callback, tiling, precision)
     operator = model.require_operator()
+    model.check_reference(y, reference)
+    ref = reference
+    if reference is not None and any(pads):
+        hr_pads = [p * f for p, f in zip(pads, [f for f in reversed(model.scale) for _ in (0, 1)])]
+        ref = F.pad(reference, hr_pads, mode="replicate")
+    x, std = model.upscale_with_uncertainty(yp, generator, options, callback, tiling, precision, ref)
     crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in operator.hr_shape(lr_shape))
     x = x[crop].float().cpu()
     opts = options or model.options

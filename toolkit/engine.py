@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from toolkit.guidance import classifier_free, require_linear
 from toolkit.noise import NoiseField
 from toolkit.operators import Operator
 from toolkit.process import Process, Schedule, timesteps_like
-from toolkit.samplers import Callback, SamplerName, make_sampler
+from toolkit.samplers import Callback, ModelFn, SamplerName, make_sampler
 from toolkit.spaces import StateSpace
 from toolkit.tiling import Tiling
 from toolkit.utils import upsample
@@ -43,6 +43,14 @@ Precision = Literal["32", "bf16", "fp16"]
 Region = tuple[slice, ...]
 
 AUTOCAST = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Guide(Protocol):
+    """Something that reshapes the model function the sampler sees (classifier guidance)."""
+
+    def wrap(self, model_fn: ModelFn, process: Process) -> ModelFn:
+        """``model_fn`` ``(z, t) -> (x0_hat, eps_hat)`` guided."""
+        ...
 
 
 def network_precision(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
@@ -310,6 +318,11 @@ class MemoryCanvas(Canvas):
         tiling: run the network tile by tile, blending inside every step.
         precision: ``bf16`` or ``fp16`` runs the network under autocast (the sampler's arithmetic
             stays float32).
+        reference: ``(B, R, *spatial_hr)`` normalised reference on the output grid (reference-guided
+            SR: a sharper co-registered image, seen by the network as extra condition channels).
+        guide: wraps the model function ``(z, t) -> (x0_hat, eps_hat)`` (classifier guidance:
+            :class:`toolkit.classifier.ClassifierGuidance`); it may take gradients through its own
+            network.
     """
 
     def __init__(
@@ -324,6 +337,8 @@ class MemoryCanvas(Canvas):
         members: int = 1,
         tiling: Tiling | None = None,
         precision: Precision = "32",
+        reference: torch.Tensor | None = None,
+        guide: Guide | None = None,
     ) -> None:
         self.process, self.space, self.operator, self.y, self.options = process, space, operator, y, options
         self.hr_shape = operator.hr_shape(y.shape[2:])
@@ -333,9 +348,16 @@ class MemoryCanvas(Canvas):
         self.per_member = max(1, y.shape[0] // max(1, members))
         net = tiling.wrap(denoiser) if tiling is not None else denoiser
         if options.zero_shot is None:
-            self.model_fn = classifier_free(net, process, space.condition(y, self.hr_shape), options.guidance_scale)
+            cond = space.condition(y, self.hr_shape)
+            if reference is not None:
+                cond = torch.cat([cond, space.condition(reference.to(cond), self.hr_shape)], dim=1)
+            self.model_fn = classifier_free(net, process, cond, options.guidance_scale)
         else:  # an unconditional model: a prior, or a conditional model's null condition
+            if reference is not None:
+                raise ValueError("a reference conditions a trained model; zero-shot methods take none")
             self.model_fn = classifier_free(net, process, None, 1.0)
+        if guide is not None:
+            self.model_fn = guide.wrap(self.model_fn, process)
         self.fields: dict[str, torch.Tensor] = {}
         self.output: torch.Tensor | None = None
 
@@ -408,6 +430,8 @@ def sample_sr_with_uncertainty(
     callback: Callback | None = None,
     tiling: Tiling | None = None,
     precision: Precision = "32",
+    reference: torch.Tensor | None = None,
+    guide: Guide | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean and standard deviation (``None`` for one sample) over ``options.samples`` samples per input.
 
@@ -418,6 +442,9 @@ def sample_sr_with_uncertainty(
         callback: called after every network evaluation with ``(i, z, x0_hat)``.
         tiling: run the network tile by tile, blending inside every step.
         precision: network precision (autocast).
+        reference: ``(B, R, *spatial_hr)`` normalised reference on the output grid, for a model
+            trained with one (mirrored with the input in the flip ensemble).
+        guide: wraps the model function (classifier guidance).
 
     Returns:
         ``(B, C, *spatial_hr)`` normalised mean and standard deviation.
@@ -425,7 +452,10 @@ def sample_sr_with_uncertainty(
     check_options(options, space)
     flips = ensemble_flips(options, y.ndim - 2)
     batch = torch.cat([mirror(y, f) for f in flips])  # sample k of item b at k * B + b
-    canvas = MemoryCanvas(denoiser, process, space, operator, batch, options, generator, len(flips), tiling, precision)
+    ref = None if reference is None else torch.cat([mirror(reference, f) for f in flips])
+    canvas = MemoryCanvas(
+        denoiser, process, space, operator, batch, options, generator, len(flips), tiling, precision, ref, guide
+    )
     sample_canvas(canvas, process, options, callback)
     assert canvas.output is not None
     if len(flips) == 1:
@@ -446,6 +476,10 @@ def sample_sr(
     callback: Callback | None = None,
     tiling: Tiling | None = None,
     precision: Precision = "32",
+    reference: torch.Tensor | None = None,
+    guide: Guide | None = None,
 ) -> torch.Tensor:
     """One super-resolved sample per item of ``y`` (the mean over ``options.samples`` when above 1)."""
-    return sample_sr_with_uncertainty(denoiser, process, space, operator, y, options, generator, callback, tiling, precision)[0]
+    return sample_sr_with_uncertainty(
+        denoiser, process, space, operator, y, options, generator, callback, tiling, precision, reference, guide
+    )[0]

@@ -304,6 +304,23 @@ def _description_problem(spec: Any) -> str | None:
     for name, value, low in ints:
         if not _is_int(value, low):
             return f"{name} {value!r}: expected an integer >= {low}"
+    ref = spec.get("reference")
+    if ref is not None:
+        if not isinstance(ref, dict):
+            return f"'reference' is a {type(ref).__name__}, not a dict"
+        if spec.get("prior"):
+            return "a prior takes no reference"
+        if not _is_int(ref.get("channels"), 1):
+            return f"reference channels {ref.get('channels')!r}: expected an integer >= 1"
+        ref_norm = ref.get("normalization", {})
+        if not isinstance(ref_norm, dict):
+            return f"reference normalization is a {type(ref_norm).__name__}, not a dict"
+        for k in ("offset", "scale"):
+            for v in _values(ref_norm.get(k, [])):
+                if not _is_real(v) or (k == "scale" and v <= 0):
+                    return f"reference normalization {k} {v!r}: expected a finite number{' > 0' if k == 'scale' else ''}"
+            if len(_values(ref_norm.get(k, []))) not in (0, 1, ref["channels"]):
+                return f"reference normalization {k} has {len(_values(ref_norm[k]))} values for {ref['channels']} channel(s)"
     reals = [(f"sampler {k}", sampler[k]) for k in ("eta", "guidance_scale") if k in sampler]
     reals += [("data_range", spec.get("data_range", 1.0))]
     reals += [(f"normalization {k}", v) for k in ("offset", "scale") for v in _values(norm.get(k, []))]

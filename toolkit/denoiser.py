@@ -110,16 +110,21 @@ def denoiser_from_config(config: dict[str, Any]) -> UNetDenoiser:
     return UNetDenoiser(**config)
 
 
-def fit_denoiser_to_space(denoiser: UNetDenoiser, space: Any, prior: bool = False) -> UNetDenoiser:
+def fit_denoiser_to_space(denoiser: UNetDenoiser, space: Any, prior: bool = False, reference_channels: int = 0) -> UNetDenoiser:
     """The denoiser with the state and condition channels that ``space`` needs.
 
     A wavelet space of ``levels`` levels holds ``C * 2**(d * levels)`` channels, a latent space
     its autoencoder's latent channels, a prior (``prior``) no condition at all; the config then names only the image's channels and the
     space, and a (still untrained) network of the same width is rebuilt with the right inputs
-    and outputs. A denoiser that already fits is returned as is.
+    and outputs. A denoiser that already fits is returned as is. ``reference_channels`` R > 0
+    (reference-guided SR) adds the channels the space makes of an R-channel reference on the
+    output grid (``space.cond_channels(R, d)``) after the input's condition channels.
     """
-    want_state = int(space.state_channels(denoiser.channels, denoiser.spatial_dims))
-    want_cond = 0 if prior else int(space.cond_channels(denoiser.channels, denoiser.spatial_dims))
+    d = denoiser.spatial_dims
+    want_state = int(space.state_channels(denoiser.channels, d))
+    want_cond = 0 if prior else int(space.cond_channels(denoiser.channels, d))
+    if reference_channels and not prior:
+        want_cond += int(space.cond_channels(int(reference_channels), d))
     if (denoiser.state_channels, denoiser.cond_channels) == (want_state, want_cond):
         return denoiser
     return UNetDenoiser(**{**denoiser.config, "state_channels": want_state, "cond_channels": want_cond})

@@ -6,6 +6,7 @@ It orchestrates; the maths is in the toolkit modules it is built from.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -30,6 +31,14 @@ class DiffusionSR(pl.LightningModule):
     Batches are dicts with ``"hr"`` ``(B, C, *S)`` in data units and optionally ``"lr"``; when
     ``"lr"`` is absent the low-resolution input is made by ``operator`` on the fly, the same
     operator that later constrains sampling and scores consistency.
+
+    Reference-guided SR (``reference_channels`` R > 0): batches also carry ``"ref"`` ``(B, R, *S)``,
+    a co-registered sharper image on the output grid in its own data units (a panchromatic band,
+    another MRI contrast). It is normalised with ``reference_normalization`` (a datamodule's
+    attribute of that name overrides it at fit time), brought onto the state's grid by the state
+    space (``space.condition``) and concatenated to the condition channels; classifier-free
+    dropout drops it with the input. The checkpoint says ``reference: {channels, normalization}``
+    and inference refuses to run it without a reference (:meth:`toolkit.checkpoint.SRModel.check_reference`).
 
     With ``prior=True`` it trains an unconditional prior for zero-shot SR (:mod:`toolkit.zeroshot`):
     the network sees no low-resolution input (no condition channels), the state space must not use
@@ -57,6 +66,9 @@ class DiffusionSR(pl.LightningModule):
         val_seed: seed of validation sampling.
         prior: train an unconditional prior (see above).
         val_zero_shot: a prior's validation method (:class:`toolkit.zeroshot.ZeroShotOptions`).
+        reference_channels: channels of the high-resolution reference (0: none, plain SR).
+        reference_normalization: the reference's data-to-network normalisation (default [0, 1]
+            -> [-1, 1]); a datamodule with a ``reference_normalization`` attribute overrides it.
     """
 
     def __init__(
@@ -76,16 +88,23 @@ class DiffusionSR(pl.LightningModule):
         val_seed: int = 0,
         prior: bool = False,
         val_zero_shot: ZeroShotOptions | None = None,
+        reference_channels: int = 0,
+        reference_normalization: Normalization | None = None,
     ) -> None:
         super().__init__()
         self.prior = bool(prior)
+        self.reference_channels = int(reference_channels)
+        if self.reference_channels < 0:
+            raise ValueError(f"reference_channels must be >= 0, not {reference_channels}")
+        if self.prior and self.reference_channels:
+            raise ValueError("a prior is unconditional: it takes no reference (reference_channels must be 0)")
         self.space = space or (PixelSpace() if self.prior else ResidualSpace())
         if self.prior and (self.space.uses_input or not self.space.linear):
             raise ValueError(
                 f"a prior needs a state space independent of the input (pixel, or a 'full' wavelet space), "
                 f"not {self.space.spec().get('type')!r}"
             )
-        denoiser = fit_denoiser_to_space(denoiser, self.space, prior=self.prior)
+        denoiser = fit_denoiser_to_space(denoiser, self.space, prior=self.prior, reference_channels=self.reference_channels)
         self.denoiser = denoiser
         self.ema = copy.deepcopy(denoiser).requires_grad_(False)
         self.operator = operator or AreaDownsample(2, spatial_dims=denoiser.spatial_dims)
@@ -98,6 +117,7 @@ class DiffusionSR(pl.LightningModule):
         if self.prior and self.process.conditional:
             raise ValueError(f"a prior needs a process that does not start from the input, not {self.process.kind!r}")
         self.normalization = normalization or Normalization()
+        self.reference_normalization = reference_normalization or Normalization()
         self.options = sampling or SamplerOptions()
         self.val_zero_shot = val_zero_shot or ZeroShotOptions("ddnm")
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
@@ -116,6 +136,15 @@ class DiffusionSR(pl.LightningModule):
         domain = getattr(dm, "domain_spec", None)
         if isinstance(domain, dict):
             self.domain = domain
+        ref_norm = getattr(dm, "reference_normalization", None)
+        if isinstance(ref_norm, Normalization):
+            self.reference_normalization = ref_norm
+        dm_refs = getattr(dm, "reference_channels", None)
+        if dm is not None and isinstance(dm_refs, int) and dm_refs != self.reference_channels:
+            raise ValueError(
+                f"the data carry {dm_refs} reference channel(s), the model expects {self.reference_channels} "
+                "(set model.init_args.reference_channels)"
+            )
 
     def _pair(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         hr = batch["hr"]
@@ -125,6 +154,25 @@ class DiffusionSR(pl.LightningModule):
         # a prior's validation inputs come from its operator (a datamodule's "lr" is another degradation)
         y = self.normalization.normalize(batch["lr"]) if "lr" in batch and not self.prior else self.operator.A(x)
         return x, y
+
+    def _reference(self, batch: dict[str, torch.Tensor], hr_shape: Sequence[int]) -> torch.Tensor | None:
+        """The batch's normalised reference ``(B, R, *S)`` (``None`` for a model without one); refuses a missing or misshapen one."""
+        if not self.reference_channels:
+            return None
+        ref = batch.get("ref")
+        if ref is None:
+            raise ValueError(f"the model is reference-guided ({self.reference_channels} channel(s)): batches need a 'ref' entry")
+        if ref.shape[1] != self.reference_channels or tuple(ref.shape[2:]) != tuple(hr_shape):
+            raise ValueError(
+                f"batch reference has shape {tuple(ref.shape)}; expected ({ref.shape[0]}, {self.reference_channels}, "
+                f"{', '.join(map(str, hr_shape))}) (on the output grid)"
+            )
+        return self.reference_normalization.normalize(ref)
+
+    def _condition(self, y: torch.Tensor, ref: torch.Tensor | None, hr_shape: Sequence[int]) -> torch.Tensor:
+        """What the network sees: the input on the state's grid, and the reference's channels after it."""
+        cond = self.space.condition(y, hr_shape)
+        return cond if ref is None else torch.cat([cond, self.space.condition(ref.to(cond), hr_shape)], dim=1)
 
     # --- training ----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -137,7 +185,7 @@ class DiffusionSR(pl.LightningModule):
             z_t = self.process.q_sample(z0, t, noise)
             out = self.denoiser(z_t, t.float(), None)
         else:
-            cond = self.space.condition(y, x.shape[2:])
+            cond = self._condition(y, self._reference(batch, x.shape[2:]), x.shape[2:])
             y_state = self.space.encode(upsample(y, x.shape[2:]), y) if self.process.conditional else None
             z_t = self.process.q_sample(z0, t, noise, y_state)
             drop = torch.rand(b, device=z0.device) < self.cond_drop_prob
@@ -165,17 +213,21 @@ class DiffusionSR(pl.LightningModule):
 
     # --- sampling and validation ------------------------------------------------------------
     @torch.no_grad()
-    def super_resolve(self, y: torch.Tensor, generator: torch.Generator, **overrides: Any) -> torch.Tensor:
-        """Sample with the EMA weights (the mean of ``samples`` draws): normalised ``y`` in, normalised out."""
+    def super_resolve(
+        self, y: torch.Tensor, generator: torch.Generator, reference: torch.Tensor | None = None, **overrides: Any
+    ) -> torch.Tensor:
+        """Sample with the EMA weights (the mean of ``samples`` draws): normalised ``y`` (and ``reference``) in, normalised out."""
         opts = self.options.updated(**overrides)
         if self.prior and opts.zero_shot is None:
             opts = opts.updated(zero_shot=self.val_zero_shot)
-        return sample_sr_with_uncertainty(self.ema, self.process, self.space, self.operator, y, opts, generator)[0]
+        return sample_sr_with_uncertainty(
+            self.ema, self.process, self.space, self.operator, y, opts, generator, reference=reference
+        )[0]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         x, y = self._pair(batch)
         g = make_generator(self.val_seed + batch_idx, x.device)
-        sr = self.super_resolve(y, g)
+        sr = self.super_resolve(y, g, self._reference(batch, x.shape[2:]))
         bic = upsample(y, x.shape[2:])
         to_data = self.normalization.denormalize
         hr, sr_d, bic_d, y_d = to_data(x), to_data(sr), to_data(bic), to_data(y)
@@ -197,7 +249,8 @@ class DiffusionSR(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, y = self._pair(batch) if "hr" in batch else (None, self.normalization.normalize(batch["lr"]))
-        return self.normalization.denormalize(self.super_resolve(y, make_generator(self.val_seed + batch_idx, y.device)))
+        ref = self._reference(batch, self.operator.hr_shape(y.shape[2:]))
+        return self.normalization.denormalize(self.super_resolve(y, make_generator(self.val_seed + batch_idx, y.device), ref))
 
     # --- checkpoints ---------------------------------------------------------------------------
     def inference_spec(self) -> dict[str, Any]:
@@ -216,6 +269,11 @@ class DiffusionSR(pl.LightningModule):
             "sampler": self.options.spec(),
             "data_range": self.data_range,
             **({"domain": self.domain} if self.domain is not None else {}),
+            **(
+                {"reference": {"channels": self.reference_channels, "normalization": self.reference_normalization.spec()}}
+                if self.reference_channels
+                else {}
+            ),
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -237,3 +295,6 @@ class DiffusionSR(pl.LightningModule):
         self.domain = spec.get("domain", self.domain)
         if "normalization" in spec:
             self.normalization = Normalization(**spec["normalization"])
+        ref = spec.get("reference") or {}
+        if ref.get("normalization"):
+            self.reference_normalization = Normalization(**ref["normalization"])

@@ -21,7 +21,7 @@ uint16 scene of 627 x 603 takes 5 MB).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,9 @@ from domains.images.data import PairDataModule
 from domains.satellite.io import RASTER_SUFFIXES, RasterFileError, RasterReader, crop_raster
 from domains.satellite.normalize import robust_band_normalization
 from toolkit.normalization import Normalization
+from toolkit.operators import Operator
 
-__all__ = ["RasterDataModule", "RasterScene", "list_rasters", "split_blocks"]
+__all__ = ["RasterDataModule", "RasterScene", "ReferenceRasterDataModule", "list_rasters", "split_blocks"]
 
 Rect = tuple[int, int, int, int]  # row0, row1, col0, col1 (half-open)
 
@@ -87,6 +88,7 @@ class RasterScene:
     val_rects: list[Rect]
     train_area: np.ndarray  # (H, W) bool: pixels outside the validation blocks widened by the gap
     positions: np.ndarray  # (N, 2) allowed training-window top-left corners
+    ref: np.ndarray | None = None  # (R, H, W) float32 reference on this raster's grid (reference-guided SR)
 
     def window(self, i: int, j: int, size: int, fill: np.ndarray) -> np.ndarray:
         """``(C, size, size)`` float32 window at ``(i, j)``, nodata pixels replaced by ``fill`` ``(C,)``."""
@@ -95,6 +97,18 @@ class RasterScene:
         if not ok.all():
             patch = np.where(ok[None], patch, fill[:, None, None])
         return patch
+
+    def ref_window(self, i: int, j: int, h: int, w: int) -> np.ndarray:
+        """``(R, h, w)`` float32 reference window at ``(i, j)``."""
+        assert self.ref is not None
+        return self.ref[:, i : i + h, j : j + w]
+
+
+def _augmented(patch: np.ndarray, flip: bool, turns: int) -> np.ndarray:
+    """``patch`` ``(C, H, W)`` mirrored left-right (``flip``) then turned ``turns`` quarter turns."""
+    if flip:
+        patch = patch[:, :, ::-1]
+    return np.rot90(patch, k=turns, axes=(1, 2))
 
 
 class RandomWindowDataset(Dataset):
@@ -113,11 +127,15 @@ class RandomWindowDataset(Dataset):
         scene = self.scenes[rng.choice(len(self.scenes), p=self.p)]
         i, j = scene.positions[rng.integers(len(scene.positions))]
         patch = scene.window(int(i), int(j), self.size, self.fill)
+        ref = None if scene.ref is None else scene.ref_window(int(i), int(j), self.size, self.size)
         if self.augment:
-            if rng.random() < 0.5:
-                patch = patch[:, :, ::-1]
-            patch = np.rot90(patch, k=int(rng.integers(0, 4)), axes=(1, 2))
-        return {"hr": torch.from_numpy(np.ascontiguousarray(patch))}
+            flip, turns = bool(rng.random() < 0.5), int(rng.integers(0, 4))
+            patch = _augmented(patch, flip, turns)
+            ref = None if ref is None else _augmented(ref, flip, turns)
+        item = {"hr": torch.from_numpy(np.ascontiguousarray(patch))}
+        if ref is not None:  # the same window, flips and turns
+            item["ref"] = torch.from_numpy(np.ascontiguousarray(ref))
+        return item
 
 
 class WindowListDataset(Dataset):
@@ -132,7 +150,10 @@ class WindowListDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         k, i, j, h, w = self.windows[index]
         patch = self.scenes[k].data[:, i : i + h, j : j + w].astype(np.float32)
-        return {"hr": torch.from_numpy(np.ascontiguousarray(patch))}
+        item = {"hr": torch.from_numpy(np.ascontiguousarray(patch))}
+        if self.scenes[k].ref is not None:
+            item["ref"] = torch.from_numpy(np.ascontiguousarray(self.scenes[k].ref_window(i, j, h, w)))
+        return item
 
 
 class RasterDataModule(PairDataModule):
@@ -321,3 +342,137 @@ class RasterDataModule(PairDataModule):
             windows = self.validation_windows()
             self.val_set = WindowListDataset(scenes, windows) if windows else None
 
+
+
+class ReferenceRasterDataModule(RasterDataModule):
+    """:class:`RasterDataModule` whose batches also carry a co-registered reference: reference-guided SR.
+
+    Each training raster has a reference raster (``reference``: one file per raster of ``train``,
+    in the sorted order :func:`list_rasters` gives), brought onto that raster's grid by
+    :func:`domains.satellite.reference.load_reference`: its CRS, orientation, pixel size and extent
+    are checked, a sub-pixel offset between the grids (USGS Landsat's half pan pixel) is resampled
+    away by cubic convolution at the offset measured from the geotransforms, and a reference finer
+    than the raster by ``reference_operator``'s factors (the 15 m pan beside the 30 m bands) is
+    degraded by that operator onto the raster's grid. That is Wald's protocol: the 30 m bands are
+    the target, the model's operator makes the 60 m input from them, and the pan degraded to 30 m
+    is the reference on the target grid. At inference the real 30 m bands are the input and the
+    real 15 m pan is the reference on the 15 m output grid.
+
+    Batches are ``{"hr": (B, C, H, W), "ref": (B, R, H, W)}`` in data units, the same window,
+    flips and turns. A pixel where the reference has nodata counts as missing (training windows
+    avoid it as they avoid nodata). ``reference_normalization`` (robust per-band percentiles of
+    the reference over the training area) is picked up by :class:`toolkit.lightning.DiffusionSR`
+    and stored in the checkpoint; ``reference_channels`` is checked against the model's.
+
+    Args:
+        reference: reference GeoTIFF(s), one per training raster.
+        reference_bands: 1-based bands of the references (default all).
+        reference_operator: degrades a finer reference onto the rasters' grid (use the model's
+            operator, e.g. ``SensorMTFDownsample(2, 0.3)``); ``None``: references must be on the
+            rasters' pixel size already.
+        bands, grid, val_blocks, val_fraction, gap, crop_size, val_crop_size, multiple,
+        max_nodata_fraction, batch_size, samples_per_epoch, percentiles, augment, num_workers, seed:
+            as :class:`RasterDataModule`.
+    """
+
+    def __init__(
+        self,
+        train: str | list[str],
+        reference: str | list[str],
+        reference_bands: list[int] | None = None,
+        reference_operator: Operator | None = None,
+        bands: list[int] | None = None,
+        grid: tuple[int, int] = (4, 4),
+        val_blocks: list[tuple[int, int]] | None = None,
+        val_fraction: float | None = None,
+        gap: int = 8,
+        crop_size: int = 64,
+        val_crop_size: int = 128,
+        multiple: int = 8,
+        max_nodata_fraction: float = 0.25,
+        batch_size: int = 8,
+        samples_per_epoch: int = 1600,
+        percentiles: tuple[float, float] = (1.0, 99.0),
+        augment: bool = True,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            train, bands, grid, val_blocks, val_fraction, gap, crop_size, val_crop_size, multiple, max_nodata_fraction,
+            batch_size, samples_per_epoch, percentiles, augment, num_workers, seed,
+        )
+        self.references = [reference] if isinstance(reference, (str, Path)) else list(reference)
+        self.reference_bands = None if reference_bands is None else [int(b) for b in reference_bands]
+        self.reference_operator = reference_operator
+        self.reference_normalization: Normalization | None = None
+
+    @property
+    def reference_channels(self) -> int:
+        """Bands of the references (read from the first one's header)."""
+        if self.reference_bands is not None:
+            return len(self.reference_bands)
+        with RasterReader(self.references[0], None) as r:
+            return len(r.meta.bands)
+
+    def _scene(self, index: int, path: Path) -> RasterScene:
+        from domains.satellite.reference import load_reference
+
+        files = list_rasters(self.sources)
+        if len(self.references) != len(files):
+            raise RasterFileError(f"{len(self.references)} reference(s) for {len(files)} training raster(s): give one per raster, in sorted order")
+        with RasterReader(path, self.bands) as r:
+            grid = r.meta
+        ref, ref_valid = load_reference(self.references[index], grid, self.reference_bands, self.reference_operator)
+        scene = super()._scene(index, path)
+        if not ref_valid.all():  # windows avoid the reference's nodata as they avoid the raster's
+            scene.valid = scene.valid & ref_valid
+            c = self.crop_size
+            nodata = _box_sum(_integral(~scene.valid), c) > self.max_nodata_fraction * c * c
+            keep = ~nodata[scene.positions[:, 0], scene.positions[:, 1]]
+            scene.positions = scene.positions[keep]
+        scene.ref = ref
+        return scene
+
+    def compute_reference_normalization(self) -> Normalization:
+        """Per-band robust normalisation of the references over the training area (as :meth:`compute_normalization`)."""
+        scenes = self.prepare_scenes()
+        low, high = self.percentiles
+        samples = [(s.ref, s.valid & s.train_area) for s in scenes if len(s.positions) and s.ref is not None]
+        return robust_band_normalization(samples, low, high, seed=self.seed)
+
+    def write_validation_references(self, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
+        """Write each validation block of the references (on the raster's grid, float32) as a GeoTIFF beside
+        :meth:`write_validation_rasters`' blocks (``<raster>_block_rRcC_reference.tif``)."""
+        from affine import Affine
+
+        from domains.files import atomic_target
+        from domains.satellite.io import RasterWriter
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for s in self.prepare_scenes():
+            assert s.ref is not None
+            names = {v: k for k, v in split_blocks(s.valid.shape, self.grid).items()}
+            with RasterReader(s.path, self.bands) as r:
+                meta = r.meta
+            for rect in s.val_rects:
+                r_, c_ = names[rect]
+                dst = out / f"{s.path.stem}_block_r{r_}c{c_}_reference.tif"
+                atomic_target(dst, overwrite)
+                h, w = rect[1] - rect[0], rect[3] - rect[2]
+                block_meta = replace(
+                    meta.resized(h, w, meta.transform * Affine.translation(rect[2], rect[0])),
+                    bands=tuple(range(1, s.ref.shape[0] + 1)), dtype="float32", nodata=None,
+                    descriptions=(None,) * s.ref.shape[0], colorinterp=(), units=(), scales=(), offsets=(),
+                )
+                with RasterWriter(dst, block_meta) as wr:
+                    wr.write((slice(0, h), slice(0, w)), s.ref[:, rect[0] : rect[1], rect[2] : rect[3]])
+                paths.append(dst)
+        return paths
+
+    def setup(self, stage: str) -> None:
+        self.prepare_scenes()
+        if self.reference_normalization is None:
+            self.reference_normalization = self.compute_reference_normalization()
+        super().setup(stage)

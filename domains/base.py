@@ -532,6 +532,14 @@ class Domain:
     def evaluate(self, request: EvaluateRequest) -> dict[str, Any]:
         raise InputError(f"{request.checkpoint}: the {self.name} domain cannot evaluate")
 
+    def adaptation_data(self, request: Request, hr_free: bool) -> dict[str, Any]:
+        """The datamodule (``class_path``, ``init_args``) that adapts the request's checkpoint to its data files.
+
+        ``hr_free``: the files are the target's low-resolution data (``diffsr adapt --hr-free``).
+        """
+        where = request.inputs[0] if request.inputs else "data"
+        raise InputError(f"{where}: the {self.name} domain builds no adaptation data from files: give a config with a 'data:' section")
+
 
 @functools.cache
 def registered() -> tuple[Domain, ...]:

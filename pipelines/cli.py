@@ -1,8 +1,8 @@
 """The ``diffsr`` command line.
 
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI (``--config`` YAML with
-``class_path``/``init_args``); ``degrade``, ``upscale``, ``evaluate``, ``demo`` and ``bench`` are
-plain commands. Errors in the input (a file, an option, a full disk) end with one line on stderr
+``class_path``/``init_args``); ``degrade``, ``upscale``, ``evaluate``, ``adapt``, ``demo`` and
+``bench`` are plain commands (``adapt`` runs a LightningCLI fit of :class:`toolkit.adapt.AdaptSR`). Errors in the input (a file, an option, a full disk) end with one line on stderr
 and exit status 2; SIGINT and SIGTERM end with one line and ``128 + signal`` after every
 temporary file is removed (they unwind as exceptions through the writers' clean-up).
 ``DIFFSR_DEBUG=1`` shows the traceback of an error instead of its line.
@@ -136,6 +136,34 @@ def _parser() -> argparse.ArgumentParser:
     _zero_shot_args(e, "Gaussian noise added to each degraded input (seed --degradation-seed), std a fraction of the signal's span")
     _guided_args(e, "references on the output grid, one per --hr file in the same order (a reference-guided checkpoint)", many=True)
     _max_pixels_arg(e)
+
+    a = sub.add_parser(
+        "adapt", help="fine-tune a trained checkpoint on a target domain (fresh optimiser; --hr-free: from low-resolution data only)",
+        description="Fine-tune CHECKPOINT on the target's data and write OUT/last.ckpt, an ordinary checkpoint. "
+        "Arguments after '--' go to the LightningCLI fit (e.g. -- --data.init_args.batch_size 4 --trainer.devices 2).",
+    )
+    a.add_argument("--checkpoint", required=True, help="the trained source checkpoint (only read)")
+    a.add_argument(
+        "--data", nargs="+", required=True, metavar="DATA",
+        help="a datamodule config (YAML with a 'data:' section, e.g. a fit config of the target), or data files/folders (MRI: NIfTI scans)",
+    )
+    a.add_argument("--out", required=True, metavar="DIR", help="run folder; the adapted checkpoint is DIR/last.ckpt")
+    a.add_argument(
+        "--hr-free", action="store_true",
+        help="the data are the target's low-resolution images: learn them degraded once more by the model's operator "
+        "(ZSSR; a thick-slice NIfTI with a slice-wise model: SMORE, from the scan itself)",
+    )
+    a.add_argument("--freeze", choices=["none", "encoder", "all-but-norm"], default="none", help="parts of the network kept fixed (default none)")
+    a.add_argument("--lora", type=_count(0), default=0, metavar="RANK", help="train rank-RANK adapters only (LoRA, merged into the saved weights)")
+    a.add_argument("--lora-alpha", type=_real(0, above=True), default=None, help="LoRA alpha (default the rank)")
+    a.add_argument("--keep-normalization", action="store_true", help="keep the source's normalisation (default: re-estimated on the target)")
+    a.add_argument("--lr", type=_real(0, above=True), default=5e-4, help="AdamW learning rate (default 5e-4; warm-up, then cosine to 10%% with --max-steps)")
+    a.add_argument("--warmup-steps", type=_count(0), default=20)
+    a.add_argument("--max-steps", type=_count(1), default=None, help="training steps (default 500 unless --max-time)")
+    a.add_argument("--max-time", default=None, metavar="DD:HH:MM:SS", help="wall-clock budget, e.g. 00:00:05:00")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--overwrite", action="store_true", help="replace an existing DIR/last.ckpt")
+    a.add_argument("extra", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     m = sub.add_parser("demo", help="train a small model on the shipped photos, evaluate it on held-back ones")
     m.add_argument("--minutes", type=_real(0, above=True), default=10.0, help="total time budget (training gets what evaluation leaves)")
@@ -427,6 +455,17 @@ def _command(args: argparse.Namespace, tiling: Any) -> int:
         )
         print(json.dumps(report.get("methods", report), indent=2))
         print(f"report: {args.out}/report.html")
+    elif args.command == "adapt":
+        from pipelines.adapt import run_adapt
+
+        extra = list(args.extra)
+        if extra and extra[0] == "--":
+            extra = extra[1:]
+        out = run_adapt(
+            args.checkpoint, args.data, args.out, args.hr_free, args.freeze, args.lora, args.lora_alpha, args.keep_normalization,
+            args.lr, args.warmup_steps, args.max_steps, args.max_time, args.seed, args.overwrite, extra,
+        )
+        print(f"wrote {out}")
     elif args.command == "demo":
         from pipelines.demo import run_demo
 

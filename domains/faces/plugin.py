@@ -55,6 +55,8 @@ class FacesDomain(Domain):
         return r.dst
 
     def upscale(self, request: UpscaleRequest) -> Path:
+        if request.adapt_steps:
+            raise InputError(f"{request.src}: --adapt-steps is not supported for faces (blind degradations: no known operator to learn from the input)")
         from domains.faces.pipeline import restore_faces, restore_photo
 
         r = request

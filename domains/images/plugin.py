@@ -35,6 +35,12 @@ class ImagesDomain(Domain):
         model, options = request.load()
         request.check_scale(model.scale)
         request.check_output_size(height * width, model.scale)
+        if request.adapt_steps:  # test-time adaptation on the image itself (ZSSR)
+            import torch
+
+            from domains.images.io import read_image
+
+            model = request.adapted(model, torch.from_numpy(read_image(request.src)[0])[None], request.seed)
         return upscale_image(
             request.src, request.dst, model, options, request.seed, request.tiles(IMAGE_TILING), request.overwrite,
             request.progress, request.precision, request.uncertainty,

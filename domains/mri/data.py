@@ -188,6 +188,15 @@ class VolumeDataModule(PairDataModule):
             through the thick axis with ``n`` neighbouring planes on each side as channels
             (batches ``(2n+1, plane, thick)``); planes are taken across axis ``swap_axes[1]``
             and, swapped at random, across ``swap_axes[0]`` (coronal and sagittal).
+        smore_axis: SMORE (Zhao et al. 2020), for the slice-wise mode: the training volumes are
+            thick-slice scans whose thick axis is this one (``None``: off). Each is learnt from
+            itself: its in-plane planes are high-resolution along both in-plane axes, so each
+            volume is rearranged (twice: either in-plane axis in turn) so that one in-plane axis
+            lies where the model's thick axis is (the last) and the thick axis lies across the
+            planes (the neighbours' axis); the model's operator then degrades the in-plane axis as
+            a thick slice would. No swap or voxel-size augmentation (both would move the thick axis).
+            The neighbouring planes of these pairs are a thick slice apart (at inference, one in-plane
+            voxel): a model with ``slicewise_neighbours=0`` sees no such mismatch.
         num_workers: DataLoader workers.
         seed: seed of the patch sampler.
     """
@@ -208,10 +217,14 @@ class VolumeDataModule(PairDataModule):
         swap_axes: list[int] | None = [0, 1],  # noqa: B006
         multiple: int | list[int] = 8,
         slicewise_neighbours: int | None = None,
+        smore_axis: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if smore_axis is not None and (slicewise_neighbours is None or int(smore_axis) not in (0, 1, 2)):
+            raise ValueError(f"smore_axis {smore_axis!r}: needs the slice-wise mode (slicewise_neighbours) and an axis 0, 1 or 2")
+        self.smore_axis = None if smore_axis is None else int(smore_axis)
         self.train_sources, self.val_sources = train, val
         self.patch_size = _triple(patch_size)
         self.val_patch_size = _triple(val_patch_size)
@@ -267,7 +280,10 @@ class VolumeDataModule(PairDataModule):
             for idx in indices:
                 vol, meta = read_volume(f, idx)
                 versions = [vol]
-                if augment_scale:
+                if augment_scale and self.smore_axis is not None:
+                    slab = int(self.slab_axis)  # type: ignore[arg-type]
+                    versions = smore_arrangements(vol, self.smore_axis, slab, max(a for a in range(3) if a != slab))
+                elif augment_scale:
                     versions += [
                         r for s in self.voxel_sizes if (r := resample_isotropic(vol, meta.zooms, s)) is not None
                     ]
@@ -298,7 +314,7 @@ class VolumeDataModule(PairDataModule):
                 self.samples_per_epoch,
                 self.seed,
                 flip_axes=self.flip_axes,
-                swap_axes=self.swap_axes,
+                swap_axes=None if self.smore_axis is not None else self.swap_axes,
                 slab_axis=self.slab_axis,  # type: ignore[arg-type]
             )
         if self.val_sources is not None and self.val_set is None:
@@ -306,6 +322,24 @@ class VolumeDataModule(PairDataModule):
                 [v for v, _ in self._load(self.val_sources, False)], self.val_patch_size, self.multiple, self.slab_axis
             )
 
+
+
+def smore_arrangements(vol: np.ndarray, thick_axis: int, slab_axis: int = 1, model_thick_axis: int = 2) -> list[np.ndarray]:
+    """The two views of a thick-slice volume in which an in-plane axis plays the thick one (SMORE).
+
+    In each, ``thick_axis`` of ``vol`` moves to ``slab_axis`` (across the planes) and one of the two
+    in-plane axes to ``model_thick_axis`` (the axis the model's operator degrades), the other to
+    the remaining position: ``(in-plane a, thick, in-plane b)`` and ``(in-plane b, thick, in-plane a)``
+    for the default layout.
+    """
+    inplane = [a for a in range(3) if a != thick_axis]
+    views = []
+    for a, b in (inplane, inplane[::-1]):
+        order = [0, 0, 0]
+        order[slab_axis], order[model_thick_axis] = thick_axis, b
+        order[3 - slab_axis - model_thick_axis] = a
+        views.append(np.ascontiguousarray(vol.transpose(order)))
+    return views
 
 
 def _triple(v: int | Sequence[int]) -> tuple[int, int, int]:

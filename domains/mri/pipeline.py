@@ -107,6 +107,34 @@ def _intensity(model: SRModel, lr: np.ndarray) -> Normalization:
     return volume_normalization(lr, spec)
 
 
+def adaptation_input(model: SRModel, src: str | Path, volume_index: int | None = None) -> list[torch.Tensor]:
+    """What a model learns from a scan itself (``upscale --adapt-steps``), normalised like its input.
+
+    A slice-wise model: the scan's planes across its thick axis (the axis the model upscales),
+    each with its neighbours as channels, ``(B, 2n+1, a, b)``: high-resolution along both in-plane
+    axes, the model's operator then degrades ``b`` as a thick slice would (SMORE, Zhao et al.
+    2020; both in-plane axes take the thick one's place in turn: one tensor per orientation). A 3D
+    model: the scan ``(1, 1, X, Y, Z)`` (ZSSR: learnt degraded once more).
+    """
+    from domains.mri.data import smore_arrangements
+
+    check_volume_model(model, src)
+    lr, _ = read_volume(src, volume_index)
+    norm = _intensity(model, lr)
+    x = (np.asarray(lr, dtype=np.float32) - np.float32(norm.offset[0])) / np.float32(norm.scale[0])
+    if model.spatial_dims == 3:
+        return [torch.from_numpy(x)[None, None]]
+    factors = volume_factors(model)
+    thick = max(range(3), key=lambda a: factors[a])
+    n = int((model.spec.get("domain") or {})["slicewise"]["neighbours"])
+    stacks = []
+    for v in smore_arrangements(x, thick, slab_axis=0, model_thick_axis=2):  # (thick, a, b)
+        count = v.shape[0]
+        idx = np.clip(np.arange(count)[:, None] + np.arange(-n, n + 1)[None], 0, count - 1)
+        stacks.append(torch.from_numpy(np.ascontiguousarray(v[idx])))  # (count, 2n+1, a, b)
+    return stacks
+
+
 def volume_factors(model: SRModel) -> tuple[int, int, int]:
     """The checkpoint's factor per volume axis (a slice-wise model's planes exclude one axis)."""
     domain = model.spec.get("domain") or {}

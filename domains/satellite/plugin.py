@@ -17,6 +17,9 @@ class SatelliteDomain(Domain):
 
     Zero-shot (``--zero-shot``, e.g. ``--operator mtf --scale 4``) samples a raster whole in
     memory (the streamed path refuses it); one too large for memory is refused before any work.
+    So do a reference-guided checkpoint (``--reference PAN.tif``: the reference's geometry is
+    checked and aligned, :mod:`domains.satellite.reference`) and test-time adaptation
+    (``--adapt-steps K``), which the streamed canvas does not take.
     """
 
     name = "satellite"
@@ -47,9 +50,13 @@ class SatelliteDomain(Domain):
         r = request
         model, options = r.load()
         r.check_scale(model.scale)
+        if isinstance(r.reference, (list, tuple)):
+            raise InputError(f"{r.src}: upscale takes one --reference file, not {len(r.reference)}")
+        adapt = (lambda m, y: r.adapted(m, y, seed=r.seed)) if r.adapt_steps else None
         return upscale_raster(
             r.src, r.dst, model, options, r.seed, _tiles(r), r.overwrite,
             _bands(r, model.spec), r.progress, r.precision, r.workdir, uncertainty=r.uncertainty,
+            reference=r.reference, adapt=adapt,  # type: ignore[arg-type]
         )
 
     def evaluate(self, request: EvaluateRequest) -> dict[str, Any]:
@@ -60,7 +67,15 @@ class SatelliteDomain(Domain):
         return evaluate_rasters(
             model, r.hr_files, r.out_dir, options, r.seed, _tiles(r),
             _bands(r, model.spec), r.progress, r.precision, overwrite=r.overwrite, noise=r.noise(model),
+            references=_references(r.reference),
         )
+
+
+def _references(reference: Any) -> list[Any] | None:
+    """``evaluate --reference``: one file per ``--hr`` file (a single path counts as a list of one)."""
+    if reference is None:
+        return None
+    return [reference] if isinstance(reference, (str, Path)) else list(reference)
 
 
 def _tiles(request: UpscaleRequest | EvaluateRequest) -> Any:

@@ -462,7 +462,7 @@ class ReferenceRasterDataModule(RasterDataModule):
                 atomic_target(dst, overwrite)
                 h, w = rect[1] - rect[0], rect[3] - rect[2]
                 block_meta = replace(
-                    meta.resized(h, w, meta.transform * Affine.translation(rect[2], rect[0])),
+                    meta.resized(h, w, meta.transform @ Affine.translation(rect[2], rect[0])),
                     bands=tuple(range(1, s.ref.shape[0] + 1)), dtype="float32", nodata=None,
                     descriptions=(None,) * s.ref.shape[0], colorinterp=(), units=(), scales=(), offsets=(),
                 )

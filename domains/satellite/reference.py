@@ -93,7 +93,7 @@ def grid_offset(ref: RasterMeta, grid: RasterMeta, what: str = "reference") -> t
             f"{_fmt(abs(gt.a))} x {_fmt(abs(gt.e))} (the input's pixel divided by the model's scale)"
         )
     # the output's first pixel centre in the reference's pixel-corner coordinates, then centre indices
-    col, row = ~rt * (gt * (0.5, 0.5))
+    col, row = ~rt @ (gt @ (0.5, 0.5))
     row, col = row - 0.5, col - 0.5
     last_row, last_col = row + grid.height - 1, col + grid.width - 1
     lo, hi_r, hi_c = -0.5 - OFFSET_TOL, ref.height - 0.5 + OFFSET_TOL, ref.width - 0.5 + OFFSET_TOL
@@ -192,7 +192,7 @@ def load_reference(
             margins = (top, bottom, left, right)
             from affine import Affine
 
-            wide = grid.resized(grid.height + top + bottom, grid.width + left + right, grid.transform * Affine.translation(-left, -top))
+            wide = grid.resized(grid.height + top + bottom, grid.width + left + right, grid.transform @ Affine.translation(-left, -top))
             target = wide.rescaled(finer)
             row, col = row - top * fr, col - left * fc
         try:

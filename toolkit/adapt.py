@@ -119,13 +119,24 @@ def add_lora(module: nn.Module, rank: int, alpha: float | None = None, seed: int
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def merged(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` with every LoRA adapter folded into its weight (the plain architecture again)."""
-    out = copy.deepcopy(module)
-    for _, layer in lora_layers(out):
+def merged_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s weights with every LoRA adapter folded in, under the plain architecture's names."""
+    state = {k: v for k, v in module.state_dict().items() if ".parametrizations." not in k}
+    for name, layer in lora_layers(module):
         if parametrize.is_parametrized(layer, "weight"):
-            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
-    return out
+            state[f"{name}.weight" if name else "weight"] = layer.weight.detach().clone()
+    return state
+
+
+def merged(denoiser: UNetDenoiser) -> UNetDenoiser:
+    """A plain copy of ``denoiser`` with every LoRA adapter folded into its weights.
+
+    (Built from the config, not by ``deepcopy``: a copy of a parametrised module shares its
+    generated class, and removing a parametrisation from the copy would break the original.)
+    """
+    out = denoiser_from_config(denoiser.config).to(next(denoiser.parameters()).device)
+    out.load_state_dict(merged_state_dict(denoiser), strict=True)
+    return out.train(denoiser.training)
 
 
 def denoising_loss(
@@ -243,6 +254,7 @@ class AdaptSR(DiffusionSR):
         self.source_normalization = norm
         if ref.get("normalization") and hasattr(self, "reference_normalization"):
             self.reference_normalization = Normalization(**ref["normalization"])
+        total = sum(p.numel() for p in self.denoiser.parameters())
         if self.lora_rank:
             if freeze != "none":
                 raise ValueError("--lora trains adapters only (the network is frozen): --freeze does not combine with it")
@@ -251,10 +263,7 @@ class AdaptSR(DiffusionSR):
             freeze_parts(self.denoiser, freeze)
         self.ema = copy.deepcopy(self.denoiser).requires_grad_(False)
         #: trainable / total parameters (reported in the checkpoint)
-        self.trainable = (
-            sum(p.numel() for p in self.denoiser.parameters() if p.requires_grad),
-            sum(p.numel() for p in merged(self.denoiser).parameters()),
-        )
+        self.trainable = (sum(p.numel() for p in self.denoiser.parameters() if p.requires_grad), total)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -288,7 +297,7 @@ class AdaptSR(DiffusionSR):
         if self.lora_rank:  # an ordinary checkpoint: the adapters folded into the weights
             state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(("denoiser.", "ema."))}
             for prefix, module in (("denoiser.", self.denoiser), ("ema.", self.ema)):
-                state.update({prefix + k: v for k, v in merged(module).state_dict().items()})
+                state.update({prefix + k: v for k, v in merged_state_dict(module).items()})
             checkpoint["state_dict"] = state
         checkpoint["diffsr"]["adapted_from"] = {
             "source": self.source,

@@ -84,7 +84,7 @@ def images(tmp_path_factory: pytest.TempPathFactory, photo: np.ndarray, gray_pho
 
 
 def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    for cmd in (["--help"], ["degrade", "--help"], ["upscale", "--help"], ["evaluate", "--help"], ["demo", "--help"], ["bench", "--help"]):
+    for cmd in (["--help"], *([c, "--help"] for c in ("degrade", "upscale", "evaluate", "adapt", "demo", "bench"))):
         with pytest.raises(SystemExit) as e:
             main(cmd)
         assert e.value.code == 0
@@ -241,6 +241,8 @@ SMOKE_TESTED_ELSEWHERE = {
     "mri/sr2d_slice_x4": "test_mri_pipeline.py", "mri/sr3d_slice_x4": "test_mri_pipeline.py",
     "satellite/sr_x2": "test_satellite_data.py",
     "faces/restore_128": "test_faces_pipeline.py",
+    "satellite/pan_guided_x2": "test_reference.py",
+    "satellite/prior_pucallpa": "test_classifier.py", "satellite/classifier_pucallpa": "test_classifier.py",
 }  # fmt: skip
 #: the rest, run here: tiny data and network per domain
 SMOKE_TESTED_HERE = {
@@ -257,6 +259,10 @@ SMOKE_TESTED_HERE = {
     ],
     # the zero-shot priors (validation runs them zero-shot with their config's operator)
     "images/prior_128": [
+        "--data.init_args.crop_size", "32", "--data.init_args.val_crop_size", "32", "--data.init_args.batch_size", "2",
+        "--data.init_args.samples_per_epoch", "4", *TINY_NET,
+    ],
+    "satellite/pucallpa_x2": [
         "--data.init_args.crop_size", "32", "--data.init_args.val_crop_size", "32", "--data.init_args.batch_size", "2",
         "--data.init_args.samples_per_epoch", "4", *TINY_NET,
     ],

@@ -241,7 +241,8 @@ class AdaptSR(DiffusionSR):
             space.load_state_dict(weights["space"], strict=True)
             space.requires_grad_(False)
         ref = spec.get("reference") or {}
-        extra = {"reference_channels": int(ref["channels"])} if ref.get("channels") else {}
+        ref_norm = Normalization(**ref["normalization"]) if ref.get("normalization") else Normalization()
+        extra = {"reference_channels": int(ref["channels"]), "reference_normalization": ref_norm} if ref.get("channels") else {}
         super().__init__(
             denoiser=denoiser, operator=operator, space=space, process=process, normalization=norm, sampling=options,
             lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob,
@@ -251,9 +252,7 @@ class AdaptSR(DiffusionSR):
         self.source, self.freeze_mode, self.lora_rank = str(source), freeze, int(lora_rank)
         self.keep_normalization, self.hr_free = normalization == "source", bool(hr_free)
         self.domain = spec.get("domain")
-        self.source_normalization = norm
-        if ref.get("normalization") and hasattr(self, "reference_normalization"):
-            self.reference_normalization = Normalization(**ref["normalization"])
+        self.source_normalization, self.source_reference_normalization = norm, ref_norm
         total = sum(p.numel() for p in self.denoiser.parameters())
         if self.lora_rank:
             if freeze != "none":
@@ -269,6 +268,7 @@ class AdaptSR(DiffusionSR):
         super().setup(stage)
         if self.keep_normalization:
             self.normalization = self.source_normalization
+            self.reference_normalization = self.source_reference_normalization
 
     def _pair(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.hr_free and "lr" in batch:  # learn to invert the model's own operator on the target's images

@@ -182,4 +182,33 @@ def evaluate(
         return select(request).evaluate(request)
 
 
-__all__ = ["InputError", "degrade", "evaluate", "upscale"]
+def adapt(
+    checkpoint: str | Path,
+    data: Sequence[str | Path],
+    out: str | Path,
+    hr_free: bool = False,
+    freeze: str = "none",
+    lora: int = 0,
+    keep_normalization: bool = False,
+    lr: float = 5e-4,
+    max_steps: int | None = None,
+    max_time: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    extra: Sequence[str] = (),
+) -> Path:
+    """Fine-tune ``checkpoint`` on a target domain; returns the adapted checkpoint ``out/last.ckpt``.
+
+    ``data`` is a datamodule config (YAML with a ``data:`` section) or data files (MRI: NIfTI
+    scans; with ``hr_free`` a thick-slice scan teaches a slice-wise model from itself, SMORE).
+    See :func:`pipelines.adapt.run_adapt` for every option; ``extra`` are LightningCLI arguments.
+    """
+    from pipelines.adapt import run_adapt
+
+    return run_adapt(
+        checkpoint, data, out, hr_free=hr_free, freeze=freeze, lora=lora, keep_normalization=keep_normalization, lr=lr,
+        max_steps=max_steps, max_time=max_time, seed=seed, overwrite=overwrite, extra=extra,
+    )
+
+
+__all__ = ["InputError", "adapt", "degrade", "evaluate", "upscale"]

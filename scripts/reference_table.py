@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ def mri(minutes: float, out: Path, seed: int = 0) -> dict[str, Any]:
             lr=0.002, warmup_steps=100, data_range=2.0, reference_channels=refs,
         )
         trainer = pl.Trainer(
-            max_time={"minutes": minutes}, max_epochs=-1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+            max_time=timedelta(minutes=minutes), max_epochs=-1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
             default_root_dir=str(ROOT / "runs" / "reference" / f"mri_{name}"),
         )

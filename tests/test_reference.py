@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ from toolkit.spaces import ResidualSpace, WaveletSpace
 ROOT = Path(__file__).resolve().parents[1]
 MS = ROOT / "data" / "satellite" / "landsat8_ms_30m_7band_scene.tif"
 PAN = ROOT / "data" / "satellite" / "landsat8_pan_15m_scene.tif"
-TINY = dict(num_channels=(8, 16), attention_levels=(False, False), norm_num_groups=8, num_head_channels=8)
+TINY: dict[str, Any] = dict(num_channels=(8, 16), attention_levels=(False, False), norm_num_groups=8, num_head_channels=8)
 
 
 def _write(path: Path, data: np.ndarray, transform: object, crs: str | None = "EPSG:32616", descriptions: tuple | None = None) -> Path:
@@ -183,6 +184,7 @@ def test_the_network_sees_the_normalised_reference() -> None:
     ref = torch.rand(2, 2, 16, 16)
     x, y = m._pair({"hr": hr})
     ref_n = m._reference({"hr": hr, "ref": ref}, hr.shape[2:])
+    assert ref_n is not None
     torch.testing.assert_close(ref_n, (ref - torch.tensor([1.0, 2.0]).reshape(1, 2, 1, 1)) / torch.tensor([2.0, 4.0]).reshape(1, 2, 1, 1))
     cond = m._condition(y, ref_n, hr.shape[2:])
     assert cond.shape == (2, 5, 16, 16)
@@ -208,7 +210,8 @@ def test_checkpoint_round_trip_and_tampered_reference(tmp_path: Path) -> None:
     path = tmp_path / "guided.ckpt"
     torch.save({"diffsr": m.inference_spec(), "state_dict": m.state_dict()}, path)
     loaded = load_model(path)
-    assert loaded.reference_channels == 1 and loaded.reference_normalization.spec() == {"offset": [5.0], "scale": [3.0]}
+    ref_norm = loaded.reference_normalization
+    assert loaded.reference_channels == 1 and ref_norm is not None and ref_norm.spec() == {"offset": [5.0], "scale": [3.0]}
     y = torch.rand(1, 3, 8, 8)
     with pytest.raises(ValueError, match="needs a reference"):
         loaded.upscale_with_uncertainty(y, torch.Generator().manual_seed(0))
@@ -312,7 +315,7 @@ def test_pan_guided_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys:
 
     unguided = dataclasses.replace(model, spec={k: v for k, v in model.spec.items() if k != "reference"})
     with pytest.raises(InputError, match="trained without a reference"):
-        upscale(ms, tmp_path / "y.tif", model=unguided, reference=PAN, steps=2, samples=1, progress=False)
+        upscale(ms, tmp_path / "y.tif", None, model=unguided, reference=PAN, steps=2, samples=1, progress=False)  # type: ignore[arg-type]
 
 
 def test_adaptation_hook_gets_the_whole_input(tmp_path: Path) -> None:

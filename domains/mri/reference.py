@@ -198,7 +198,7 @@ class ContrastPairSliceDataModule(PairDataModule):
     def _box(self) -> tuple[int, int, int, int]:
         """Rows and columns of the foreground's bounding box (windows are drawn inside it)."""
         t1 = self.load()[1]
-        fg = (t1 > -0.8).any(axis=1)
+        fg = np.any(t1 > -0.8, axis=1)
         rows, cols = np.nonzero(fg.any(axis=1))[0], np.nonzero(fg.any(axis=0))[0]
         return int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
 

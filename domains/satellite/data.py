@@ -21,7 +21,7 @@ uint16 scene of 627 x 603 takes 5 MB).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -439,37 +439,6 @@ class ReferenceRasterDataModule(RasterDataModule):
         low, high = self.percentiles
         samples = [(s.ref, s.valid & s.train_area) for s in scenes if len(s.positions) and s.ref is not None]
         return robust_band_normalization(samples, low, high, seed=self.seed)
-
-    def write_validation_references(self, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
-        """Write each validation block of the references (on the raster's grid, float32) as a GeoTIFF beside
-        :meth:`write_validation_rasters`' blocks (``<raster>_block_rRcC_reference.tif``)."""
-        from affine import Affine
-
-        from domains.files import atomic_target
-        from domains.satellite.io import RasterWriter
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for s in self.prepare_scenes():
-            assert s.ref is not None
-            names = {v: k for k, v in split_blocks(s.valid.shape, self.grid).items()}
-            with RasterReader(s.path, self.bands) as r:
-                meta = r.meta
-            for rect in s.val_rects:
-                r_, c_ = names[rect]
-                dst = out / f"{s.path.stem}_block_r{r_}c{c_}_reference.tif"
-                atomic_target(dst, overwrite)
-                h, w = rect[1] - rect[0], rect[3] - rect[2]
-                block_meta = replace(
-                    meta.resized(h, w, meta.transform @ Affine.translation(rect[2], rect[0])),
-                    bands=tuple(range(1, s.ref.shape[0] + 1)), dtype="float32", nodata=None,
-                    descriptions=(None,) * s.ref.shape[0], colorinterp=(), units=(), scales=(), offsets=(),
-                )
-                with RasterWriter(dst, block_meta) as wr:
-                    wr.write((slice(0, h), slice(0, w)), s.ref[:, rect[0] : rect[1], rect[2] : rect[3]])
-                paths.append(dst)
-        return paths
 
     def setup(self, stage: str) -> None:
         self.prepare_scenes()

@@ -6,7 +6,13 @@
   scenes, and output windows are written into a tiled, compressed GeoTIFF
   (``transform @ Affine.scale(1 / s)``, same CRS and bounds, dtype, nodata and band metadata).
 * :func:`evaluate_rasters` degrades references with the model's operator, upscales them and
-  scores per-band PSNR and SSIM, SAM, ERGAS and consistency against bicubic.
+  scores per-band PSNR and SSIM, SAM, ERGAS and consistency against bicubic (and, for a
+  reference-guided model, against Brovey and Gram-Schmidt pansharpening).
+
+Reference-guided checkpoints (``--reference PAN.tif``): the reference is checked against the
+output grid and aligned onto it (:mod:`domains.satellite.reference`), and the raster is sampled
+whole in memory, as zero-shot runs and test-time adaptation (``adapt``) are: the streamed canvas
+takes none of them, and a raster too large for memory is refused before any work.
 
 Zero-shot (a model told its operator, e.g. ``--zero-shot ddnm --operator mtf --scale 4``): the
 streamed sampler refuses zero-shot methods (they need the whole state), so the raster is read
@@ -216,7 +222,9 @@ def sample_whole(
         bar = _progress(network_calls(model.process, options), "sampling", progress)
         try:
             x, std = upscale_any_size(
-                model, yt, options, make_generator(seed, device), lambda i, z, x0: bar.update(1), tiling, precision, reference=ref
+                model, yt, options, make_generator(seed, device), lambda i, z, x0: bar.update(1), tiling,
+                precision,  # type: ignore[arg-type]
+                reference=ref,
             )
         finally:
             bar.close()
@@ -487,7 +495,7 @@ def evaluate_rasters(
     weighted Brovey; B4, B3 and 0.2 B2 make the pseudo-pan for Landsat 8 bands) and
     ``gram_schmidt`` (Laben & Brower, with the same pseudo-pan as the simulated pan: GS's "mode 1",
     the mean of all bands, puts Landsat's SWIR bands in it and scored 27.2 dB against 30.5 dB on
-    the held-back block of the Landsat 8 scene, measured with a tiny model's run). Their first reference
+    a window of the held-back block of the Landsat 8 scene). Their first reference
     band is the pan. Pixels the reference's nodata reaches are excluded from every metric.
 
     ``noise`` (:class:`domains.base.MeasurementNoise`, in the raster's data units) is added to

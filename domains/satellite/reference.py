@@ -137,8 +137,13 @@ def cubic_shift_resample(data: np.ndarray, start: tuple[float, float], shape: tu
     ri, rw = _axis_taps(start[0], shape[0], data.shape[1])
     ci, cw = _axis_taps(start[1], shape[1], data.shape[2])
     x = data.astype(np.float64)
-    rows = sum(rw[None, :, k, None] * x[:, ri[:, k], :] for k in range(ri.shape[1]))
-    return sum(cw[None, None, :, k] * rows[:, :, ci[:, k]] for k in range(ci.shape[1]))  # type: ignore[no-any-return]
+    rows = np.zeros((x.shape[0], shape[0], x.shape[2]))
+    for k in range(ri.shape[1]):
+        rows += rw[None, :, k, None] * x[:, ri[:, k], :]
+    out = np.zeros((x.shape[0], shape[0], shape[1]))
+    for k in range(ci.shape[1]):
+        out += cw[None, None, :, k] * rows[:, :, ci[:, k]]
+    return out
 
 
 def load_reference(

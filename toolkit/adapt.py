@@ -24,19 +24,18 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
 from toolkit.checkpoint import SRModel, read_checkpoint
 from toolkit.denoiser import UNetDenoiser, denoiser_from_config
 from toolkit.engine import SamplerOptions
-from toolkit.lightning import DiffusionSR
+from toolkit.lightning import DiffusionSR, denoising_loss
 from toolkit.normalization import Normalization
 from toolkit.operators import Operator, operator_from_spec
-from toolkit.process import Process, process_from_spec
-from toolkit.spaces import StateSpace, space_from_spec
-from toolkit.utils import make_generator, upsample
+from toolkit.process import process_from_spec
+from toolkit.spaces import space_from_spec
+from toolkit.utils import make_generator
 
 Freeze = Literal["none", "encoder", "all-but-norm"]
 NORM_LAYERS = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -137,38 +136,6 @@ def merged(denoiser: UNetDenoiser) -> UNetDenoiser:
     out = denoiser_from_config(denoiser.config).to(next(denoiser.parameters()).device)
     out.load_state_dict(merged_state_dict(denoiser), strict=True)
     return out.train(denoiser.training)
-
-
-def denoising_loss(
-    denoiser: nn.Module,
-    process: Process,
-    space: StateSpace,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    generator: torch.Generator | None = None,
-    cond_drop_prob: float = 0.0,
-    reference: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The diffusion training loss of :class:`toolkit.lightning.DiffusionSR` on one normalised pair ``(x, y)``.
-
-    ``x`` ``(B, C, *S)`` high resolution, ``y`` ``(B, C, *S_lr)`` its degradation, ``reference``
-    optional extra condition channels on ``x``'s grid. Timesteps, noise and condition dropout are
-    drawn from ``generator`` (the global generator when ``None``).
-    """
-    z0 = space.encode(x, y)
-    b = z0.shape[0]
-    dev = z0.device
-    t = torch.randint(0, process.timesteps, (b,), generator=generator, device="cpu").to(dev)
-    noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype).to(dev)
-    cond = space.condition(y, x.shape[2:])
-    if reference is not None:
-        cond = torch.cat([cond, space.condition(reference, x.shape[2:])], dim=1)
-    y_state = space.encode(upsample(y, x.shape[2:]), y) if process.conditional else None
-    z_t = process.q_sample(z0, t, noise, y_state)
-    drop = (torch.rand(b, generator=generator) < cond_drop_prob).to(dev)
-    out = denoiser(z_t, t.float(), cond, drop)
-    per_sample = F.mse_loss(out, process.target(z0, noise, t), reduction="none").flatten(1).mean(1)
-    return (per_sample * process.loss_weights(t)).mean()
 
 
 def load_source(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -25,6 +25,49 @@ from toolkit.utils import make_generator, upsample
 from toolkit.zeroshot import ZeroShotOptions
 
 
+def denoising_loss(
+    denoiser: torch.nn.Module,
+    process: Process,
+    space: StateSpace,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+    cond_drop_prob: float = 0.0,
+    reference: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The diffusion training loss (Ho et al. 2020, the process's target and weights) on one normalised pair.
+
+    Args:
+        x: ``(B, C, *S)`` high resolution.
+        y: ``(B, C, *S_lr)`` its degradation (SR3: upsampled as the condition); ``None`` for a
+            prior (the network sees the state alone).
+        generator: source of the timesteps, noise and condition dropout (drawn on the CPU); the
+            global generators (drawn on ``x``'s device) when ``None``.
+        cond_drop_prob: probability of the null condition per item (classifier-free guidance).
+        reference: ``(B, R, *S)`` normalised reference on ``x``'s grid, after the input's condition.
+    """
+    z0 = space.encode(x, y if y is not None else x)
+    b, dev = z0.shape[0], z0.device
+    if generator is None:
+        t = torch.randint(0, process.timesteps, (b,), device=dev)
+        noise = torch.randn_like(z0)
+    else:
+        t = torch.randint(0, process.timesteps, (b,), generator=generator).to(dev)
+        noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype).to(dev)
+    if y is None:
+        out = denoiser(process.q_sample(z0, t, noise), t.float(), None)
+    else:
+        cond = space.condition(y, x.shape[2:])
+        if reference is not None:
+            cond = torch.cat([cond, space.condition(reference.to(cond), x.shape[2:])], dim=1)
+        y_state = space.encode(upsample(y, x.shape[2:]), y) if process.conditional else None
+        z_t = process.q_sample(z0, t, noise, y_state)
+        u = torch.rand(b, device=dev) if generator is None else torch.rand(b, generator=generator).to(dev)
+        out = denoiser(z_t, t.float(), cond, u < cond_drop_prob)
+    per_sample = F.mse_loss(out, process.target(z0, noise, t), reduction="none").flatten(1).mean(1)
+    return (per_sample * process.loss_weights(t)).mean()
+
+
 class DiffusionSR(pl.LightningModule):
     """Conditional diffusion super-resolution (SR3 family) over any operator, state space and process.
 
@@ -177,22 +220,11 @@ class DiffusionSR(pl.LightningModule):
     # --- training ----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = self._pair(batch)
-        z0 = self.space.encode(x, y)
-        b = z0.shape[0]
-        t = torch.randint(0, self.process.timesteps, (b,), device=z0.device)
-        noise = torch.randn_like(z0)
-        if self.prior:  # nothing of y reaches the network
-            z_t = self.process.q_sample(z0, t, noise)
-            out = self.denoiser(z_t, t.float(), None)
-        else:
-            cond = self._condition(y, self._reference(batch, x.shape[2:]), x.shape[2:])
-            y_state = self.space.encode(upsample(y, x.shape[2:]), y) if self.process.conditional else None
-            z_t = self.process.q_sample(z0, t, noise, y_state)
-            drop = torch.rand(b, device=z0.device) < self.cond_drop_prob
-            out = self.denoiser(z_t, t.float(), cond, drop)
-        per_sample = F.mse_loss(out, self.process.target(z0, noise, t), reduction="none").flatten(1).mean(1)
-        loss = (per_sample * self.process.loss_weights(t)).mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=False)
+        ref = None if self.prior else self._reference(batch, x.shape[2:])
+        loss = denoising_loss(
+            self.denoiser, self.process, self.space, x, None if self.prior else y, cond_drop_prob=self.cond_drop_prob, reference=ref
+        )
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0], sync_dist=False)
         return loss
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:

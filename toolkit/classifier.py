@@ -165,6 +165,13 @@ class ClassifierGuidance:
             raise ValueError(f"classifier guidance scale {scale} must be finite")
         self.classifier, self.label_index, self.scale = classifier, int(label_index), float(scale)
         self.normalization = normalization
+        #: where the classifier came from and the class's name (set by :func:`load_guide`; for records)
+        self.source: str | None = None
+        self.class_name: str | None = None
+
+    def spec(self) -> dict[str, Any]:
+        """What an evaluation records of the guidance (plain data)."""
+        return {"classifier": self.source, "class": self.class_name, "class_index": self.label_index, "scale": self.scale}
 
     def log_prob(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``log p(c | z, t)`` per item ``(B,)``."""
@@ -528,4 +535,6 @@ def load_guide(path: str | Path, label: str | int | None, scale: float, model: S
     check_fits(classifier, model)
     index = classifier.class_index(label)
     classifier.network.to(dtype=p.dtype)
-    return ClassifierGuidance(classifier.network, index, float(scale), classifier.normalization)
+    guide = ClassifierGuidance(classifier.network, index, float(scale), classifier.normalization)
+    guide.source, guide.class_name = str(path), classifier.classes[index]
+    return guide

@@ -448,8 +448,9 @@ def run_record(model: SRModel, options: SamplerOptions, seconds: float, noise: M
     and its parameters with the operator's spec), ``sigma_y`` (the noise added to each input, a
     fraction of the signal's span), ``noise_std`` (the same per channel in the model's data
     units), ``noise_seed``, ``network_calls`` (network evaluations per sample,
-    :func:`toolkit.engine.network_calls`), ``samples`` (samples per input) and
-    ``seconds`` (the wall time of the diffusion upscaling, all inputs).
+    :func:`toolkit.engine.network_calls`), ``samples`` (samples per input),
+    ``seconds`` (the wall time of the diffusion upscaling, all inputs) and ``classifier_guidance``
+    (``None``, or the classifier, class and scale).
     """
     from toolkit.engine import network_calls
 
@@ -464,6 +465,7 @@ def run_record(model: SRModel, options: SamplerOptions, seconds: float, noise: M
         "network_calls": network_calls(model.process, options),
         "samples": int(options.samples),
         "seconds": float(seconds),
+        "classifier_guidance": None if model.guide is None or not hasattr(model.guide, "spec") else model.guide.spec(),
     }
 
 

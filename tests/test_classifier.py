@@ -484,8 +484,6 @@ def test_pucallpa_configs_fast_dev_run(tmp_path: Path, monkeypatch: pytest.Monke
     assert guide.label_index == 0 and guide.scale == 3.0
 
 
-@pytest.mark.xfail(strict=True, reason="the streamed sampler (toolkit/streaming.py) ignores model.guide: remove this marker "
-                   "once stream_upscale samples a guided model in memory (_upscale_whole), as it does a coarser state grid")
 def test_streamed_conditional_raster_honours_the_guide(tmp_path: Path) -> None:
     """A conditional pixel-space satellite model streams its raster: a large guidance scale must still change the output."""
     norm = raster_normalization(L8)

@@ -501,8 +501,8 @@ def stream_upscale(
             made on the whole image, exactly, when the output takes at most this much memory
             (float32); above it, window by window on widened windows (approximate at cell edges).
 
-    A state space on a coarser grid than the output (wavelet, latent: ``space.stride > 1``) is not
-    streamed: the input is read whole and sampled in memory, the network still running tile by
+    A state space on a coarser grid than the output (wavelet, latent: ``space.stride > 1``) and a
+    classifier-guided model (``model.guide``: the classifier sees the whole state) are not streamed: the input is read whole and sampled in memory, the network still running tile by
     tile (:func:`toolkit.checkpoint.upscale_any_size`), and the output written once.
 
     Raises:
@@ -518,7 +518,7 @@ def stream_upscale(
     write_hr = _finite_only(write_hr, model, options, "output")
     if write_std is not None:
         write_std = _finite_only(write_std, model, options, "standard deviation")
-    if model.space.stride != 1:
+    if model.space.stride != 1 or model.guide is not None:  # a coarser state grid, or classifier guidance (its classifier sees the whole state): in memory
         _upscale_whole(model, read_lr, lr_shape, write_hr, options, seed, tiling, write_std, progress, precision)
         return
     op, denoiser = model.operator, model.denoiser

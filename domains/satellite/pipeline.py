@@ -344,7 +344,7 @@ def upscale_raster(
         hr_meta = meta.rescaled(factors)
         fill = _band_fill(model)
         _check_reference_use(model, reference)
-        in_memory = opts.zero_shot is not None or reference is not None or adapt is not None
+        in_memory = opts.zero_shot is not None or reference is not None or adapt is not None or model.guide is not None
         if opts.zero_shot is not None:
             check_in_memory(src, model, meta.shape, opts.samples)
         elif in_memory:

@@ -2,7 +2,8 @@
 
 :func:`sample_canvas` is the only sampling loop. It asks a :class:`Canvas` where the state lives
 and how its parts are seen, and drives the parts every path shares: the process's schedule and
-prior, the sampler's stepper (:mod:`toolkit.samplers`), the truncated starts, classifier-free
+prior, the stepper it binds (:meth:`toolkit.process.Process.stepper`: a registered sampler of
+:mod:`toolkit.samplers`, or the process's own steps), the truncated starts, classifier-free
 guidance, DDNM data consistency and the zero-shot methods' hooks (:mod:`toolkit.zeroshot`: a
 correction of ``x0_hat``, a replaced step, a correction of the next state, jumps back to noisier
 levels; in memory only). Two canvases exist:
@@ -216,7 +217,12 @@ def sample_canvas(
     Every random draw comes from ``canvas.noise``; every network evaluation from ``canvas.predict``.
     """
     schedule = schedule_for(process, options)
-    stepper = make_sampler(options.sampler, options.eta).init(schedule)
+    if options.zero_shot is not None and not process.gaussian_marginals:
+        raise ValueError(
+            f"zero-shot methods assume z = alpha x0 + sigma eps; the {process.kind!r} process is not so "
+            "(use a Gaussian-process checkpoint)"
+        )
+    stepper = process.stepper(options.sampler, options.eta, schedule)
     history = [f"prev{j}" for j in range(stepper.history)]
     canvas.allocate(["z", "x0", *history])
     def condition(cell: Region) -> torch.Tensor | None:
@@ -258,7 +264,7 @@ def sample_canvas(
                 x0 = canvas.consistent(x0, cell)
             if method is not None:
                 x0 = method.x0(x0, z, i)
-            eps = process.eps_from_x0(z, x0, timesteps_like(t, z))
+            eps = process.eps_from_x0(z, x0, timesteps_like(t, z), condition(cell))
             draws = method.needs_noise(stepper, i) if method is not None else stepper.needs_noise(i)
             noise = canvas.noise(2 + a, cell) if draws else None
             previous = [canvas.read(name, cell) for name in history[: min(i, stepper.history)]]

@@ -10,7 +10,10 @@ this module indexes ``alpha_bar`` or writes its square roots:
 * :meth:`Process.target` is what the network learns, :meth:`Process.predict` turns its output
   into ``(x0_hat, eps_hat)``, :meth:`Process.eps_from_x0` keeps the pair consistent when a
   guidance step changes ``x0_hat``, and :meth:`Process.loss_weights` weights the loss;
-* :meth:`Process.spec` is plain data with a ``type``; :func:`process_from_spec` rebuilds it.
+* :meth:`Process.stepper` binds a sampler to a schedule: the registered sampler of that name,
+  or the process's own steps (residual shifting's posterior, :mod:`toolkit.process_resshift`);
+* :meth:`Process.spec` is plain data with a ``type``; :func:`process_from_spec` rebuilds it
+  (processes in modules of their own are imported when a spec names them).
 
 Per-step tables live in float64 on the CPU; what reaches a device is a copy in float64 where the
 device has it and float32 where it does not (Apple MPS), made once per device.
@@ -18,14 +21,18 @@ device has it and float32 where it does not (Apple MPS), made once per device.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
 from toolkit.utils import append_dims, build_from_spec, device_table
+
+if TYPE_CHECKING:
+    from toolkit.samplers import Stepper
 
 Schedule_ = Literal["linear", "cosine"]
 Parameterization = Literal["eps", "x0", "v"]
@@ -65,6 +72,10 @@ class Process:
     #: space (``space.encode(up(y), y)``), as processes that start from the input do (residual
     #: shifting, bridges); the engine computes it only for such processes
     conditional: ClassVar[bool] = False
+    #: whether the marginals are ``z_t = alpha_t x0 + sigma_t eps`` with the :class:`Schedule`'s
+    #: ``alpha`` and ``sigma`` and nothing else in them: what the generic samplers (DDIM, DDPM,
+    #: DPM-Solver++) and the zero-shot methods (:mod:`toolkit.zeroshot`) assume
+    gaussian_marginals: ClassVar[bool] = False
 
     def sampling_schedule(self, steps: int, t_start: int | None = None) -> Schedule:
         """``steps`` noise levels from ``t_start`` (default ``T - 1``) down to the clean state."""
@@ -89,9 +100,28 @@ class Process:
         """The network output ``out`` at state ``z_t`` and timesteps ``t`` ``(B,)`` as ``(x0_hat, eps_hat)``."""
         raise NotImplementedError
 
-    def eps_from_x0(self, z_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The ``eps_hat`` that goes with ``x0`` at ``z_t`` (after a guidance step moved ``x0_hat``)."""
+    def eps_from_x0(
+        self, z_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The ``eps_hat`` that goes with ``x0`` at ``z_t`` (after a guidance step moved ``x0_hat``).
+
+        ``y`` is the interpolated input in the state space, for :attr:`conditional` processes.
+        """
         raise NotImplementedError
+
+    def stepper(self, sampler: str, eta: float, schedule: Schedule) -> Stepper:
+        """The sampler named ``sampler`` bound to ``schedule``: the engine's one way to get its steps.
+
+        The default is the registered sampler (:func:`toolkit.samplers.make_sampler`); a process
+        with steps of its own (residual shifting's posterior) returns its own
+        :class:`~toolkit.samplers.Stepper` and refuses the names it has no steps for.
+
+        Raises:
+            ValueError: an unknown sampler, or one this process cannot run.
+        """
+        from toolkit.samplers import make_sampler  # samplers import this module
+
+        return make_sampler(sampler, eta).init(schedule)
 
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
         """Per-sample loss weights ``(B,)`` in the network-target units."""
@@ -136,6 +166,7 @@ class GaussianProcess(Process):
     """
 
     kind = "gaussian"
+    gaussian_marginals = True
 
     def __init__(
         self,
@@ -198,7 +229,9 @@ class GaussianProcess(Process):
             return out, (z_t - a * out) / s
         return a * z_t - s * out, s * z_t + a * out
 
-    def eps_from_x0(self, z_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def eps_from_x0(
+        self, z_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         a, s = self.coefficients(t, z_t)
         return (z_t - a * x0) / s
 
@@ -245,6 +278,8 @@ class GaussianProcess(Process):
 
 
 _PROCESSES: dict[str, type[Process]] = {"gaussian": GaussianProcess}
+#: processes of this package that live in modules of their own, imported when a spec names them
+_BUILTIN_MODULES: dict[str, str] = {"resshift": "toolkit.process_resshift"}
 
 
 def register_process(name: str, cls: type[Process]) -> None:
@@ -257,7 +292,7 @@ def register_process(name: str, cls: type[Process]) -> None:
 
 def process_names() -> list[str]:
     """The processes a checkpoint may name."""
-    return sorted(_PROCESSES)
+    return sorted({*_PROCESSES, *_BUILTIN_MODULES})
 
 
 def process_from_spec(spec: dict[str, Any]) -> Process:
@@ -266,6 +301,9 @@ def process_from_spec(spec: dict[str, Any]) -> Process:
     Checkpoints written before processes had a ``type`` stored the Gaussian process's arguments
     alone: a spec without ``type`` is a :class:`GaussianProcess`.
     """
+    kind = spec.get("type", "gaussian")
+    if kind in _BUILTIN_MODULES and kind not in _PROCESSES:
+        importlib.import_module(_BUILTIN_MODULES[kind])  # registers itself (register_process)
     return build_from_spec(_PROCESSES, {"type": "gaussian", **spec}, "process", group="diffsr.processes")
 
 

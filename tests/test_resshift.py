@@ -25,7 +25,8 @@ from toolkit.engine import SamplerOptions, sample_sr
 from toolkit.lightning import DiffusionSR
 from toolkit.operators import AreaDownsample
 from toolkit.process import GaussianProcess, process_from_spec, process_names
-from toolkit.process_resshift import ResShiftProcess, ResShiftStepper
+from toolkit.process_resshift import ResShiftProcess
+from toolkit.samplers import ShiftStepper
 from toolkit.spaces import PixelSpace, ResidualSpace
 from toolkit.zeroshot import ZeroShotOptions
 
@@ -144,7 +145,8 @@ def test_ddim_family_keeps_the_marginals(eta: float) -> None:
     """With the true ``x0`` and ``eps``, ``x_s - x0 - eta_s (y - x0) = (r sigma + c) eps + s n``: variance ``sigma_s^2``."""
     proc = ResShiftProcess(kappa=1.0)
     sch = proc.sampling_schedule(6)
-    stepper = ResShiftStepper(sch, eta)
+    stepper = proc.stepper("ddim", eta, sch)
+    assert isinstance(stepper, ShiftStepper)
     for i in range(len(sch) - 1):
         r, c, s = stepper.coefficients[i]
         assert math.isclose((r * sch.sigma[i] + c) ** 2 + s**2, sch.sigma[i + 1] ** 2, rel_tol=1e-12)

@@ -19,7 +19,7 @@ Which state spaces it makes sense in:
   sqrt(eta_t) noise`` is a plain noise schedule whose signal shrinks to ``1 - eta_T`` (0.02 by
   default): it trains and samples, but there is no shift left (prefer the pixel space).
 
-Sampling (:class:`ResShiftStepper`, returned by :meth:`ResShiftProcess.stepper`): between two
+Sampling (:class:`toolkit.samplers.ShiftStepper`, returned by :meth:`ResShiftProcess.stepper`): between two
 levels ``s < t`` of the schedule, ``q(x_s | x_t, x0)`` is
 
     N( (eta_s / eta_t) x_t + (1 - eta_s / eta_t) x0,  kappa^2 (eta_s / eta_t) (eta_t - eta_s) I )
@@ -35,13 +35,12 @@ teacher trajectories). The last step lands on the predicted ``x0``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 
 from toolkit.process import Process, Schedule, register_process
-from toolkit.samplers import Stepper
+from toolkit.samplers import ShiftStepper, Stepper
 from toolkit.utils import append_dims, device_table
 
 LossWeighting = Literal["none", "kl"]
@@ -190,9 +189,9 @@ class ResShiftProcess(Process):
     def stepper(self, sampler: str, eta: float, schedule: Schedule) -> Stepper:
         """``ddpm``: the posterior steps (the paper's); ``ddim``: the same marginals with ``eta`` of the posterior's noise."""
         if sampler == "ddpm":
-            return ResShiftStepper(schedule, 1.0)
+            return ShiftStepper(schedule, 1.0)
         if sampler == "ddim":
-            return ResShiftStepper(schedule, eta)
+            return ShiftStepper(schedule, eta)
         raise ValueError(
             f"the residual-shifting process samples with its own steps: sampler 'ddpm' (its posterior, "
             f"the paper's) or 'ddim' (eta 0..1), not {sampler!r}"
@@ -208,58 +207,6 @@ class ResShiftProcess(Process):
             "power": self.power,
             "loss_weighting": self.loss_weighting,
         }
-
-
-class ResShiftStepper(Stepper):
-    """ResShift's step from level ``i`` to ``i + 1`` (Yue et al., 2023, eq. 7), generalised DDIM-style.
-
-    With ``r = eta' / eta = (sigma' / sigma)^2`` (the schedule's ``sigma = kappa sqrt(eta)``):
-    ``x' = x0 + r (x - x0) + c eps + s noise`` where ``s = eta_ddim sigma' sqrt(1 - r)`` and
-    ``c = sigma' (sqrt(1 - eta_ddim^2 (1 - r)) - sqrt(r))``. ``eta_ddim = 1`` gives ``c = 0``: a
-    draw from the posterior ``q(x' | x, x0)``; ``eta_ddim = 0`` the deterministic step. The last
-    step (``sigma' = 0``) returns ``x0``.
-    """
-
-    def __init__(self, schedule: Schedule, eta: float) -> None:
-        super().__init__(schedule)
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1] for residual shifting, got {eta}")
-        self.eta = float(eta)
-        self.coefficients = [self._coefficients(i) for i in range(len(schedule))]
-
-    def _coefficients(self, i: int) -> tuple[float, float, float]:
-        """``(r, c, s)`` of step ``i``."""
-        sigma, sigma_next = self.schedule.sigma[i], self.schedule.sigma[i + 1]
-        if sigma_next == 0:
-            return 0.0, 0.0, 0.0
-        r = (sigma_next / sigma) ** 2
-        s = self.eta * sigma_next * math.sqrt(1 - r)
-        c = 0.0 if self.eta == 1.0 else sigma_next * (math.sqrt(1 - self.eta**2 * (1 - r)) - math.sqrt(r))
-        return r, c, s
-
-    def needs_noise(self, i: int) -> bool:
-        return self.coefficients[i][2] > 0
-
-    def step(
-        self,
-        z: torch.Tensor,
-        x0: torch.Tensor,
-        eps: torch.Tensor,
-        i: int,
-        noise: torch.Tensor | None = None,
-        previous: Sequence[torch.Tensor] = (),
-    ) -> torch.Tensor:
-        r, c, s = self.coefficients[i]
-        if r == 0:
-            return x0
-        out = x0 + r * (z - x0)
-        if c != 0:
-            out = out + c * eps
-        if s > 0:
-            if noise is None:
-                raise ValueError(f"step {i} of a stochastic sampler needs noise")
-            out = out + s * noise
-        return out
 
 
 register_process(ResShiftProcess.kind, ResShiftProcess)

@@ -194,6 +194,61 @@ class DPMSolverPP3M(Sampler):
         return DPMSolverPP3MStepper(schedule)
 
 
+# --- processes that shift the input into the state (residual shifting, InDI) -----------------------------
+class ShiftStepper(Stepper):
+    """The DDIM family of a process with marginals ``z_t = x0 + a_t (y - x0) + sigma_t eps`` (Song et al., 2021).
+
+    Processes that move the clean state towards the input ``y`` (residual shifting, Yue et al.
+    2023: ``a = eta``; InDI, Delbracio & Milanfar 2023: ``a = t``) give their schedule in the
+    input's frame, ``z - y = alpha (x0 - y) + sigma eps`` with ``alpha = 1 - a``. From level ``i``
+    to ``i + 1``, with ``r = a' / a``:
+
+        ``z' = x0 + r (z - x0) + c eps + s noise``, ``s = eta sqrt(sigma'^2 - r^2 sigma^2)``,
+        ``c = sqrt(sigma'^2 - s^2) - r sigma``,
+
+    which keeps ``z'`` at the next level's marginal for the true ``(x0, eps)`` (``y`` cancels).
+    ``eta = 1``: ``c = 0``, a draw from the posterior ``q(z' | z, x0)`` (ResShift's eq. 7; InDI's
+    noisy iteration, whose fresh noise tops the level's noise up); ``eta = 0``: deterministic.
+    Where ``sigma'^2 = r^2 sigma^2`` (InDI with constant noise) every ``eta`` is InDI's plain
+    iteration ``z' = (1 - r) x0 + r z``. The last step (``a' = 0``) returns ``x0``.
+    """
+
+    def __init__(self, schedule: Schedule, eta: float) -> None:
+        super().__init__(schedule)
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1] for this process's steps, got {eta}")
+        self.eta = float(eta)
+        self.coefficients = [self._coefficients(i) for i in range(len(schedule))]
+
+    def _coefficients(self, i: int) -> tuple[float, float, float]:
+        """``(r, c, s)`` of step ``i``."""
+        a, a_next = 1 - self.schedule.alpha[i], 1 - self.schedule.alpha[i + 1]
+        sigma, sigma_next = self.schedule.sigma[i], self.schedule.sigma[i + 1]
+        if a_next <= 0:
+            return 0.0, 0.0, 0.0
+        r = a_next / a
+        top_up = max(sigma_next**2 - (r * sigma) ** 2, 0.0)
+        s = self.eta * math.sqrt(top_up)
+        c = 0.0 if self.eta == 1.0 else math.sqrt(max(sigma_next**2 - s**2, 0.0)) - r * sigma
+        return r, c, s
+
+    def needs_noise(self, i: int) -> bool:
+        return self.coefficients[i][2] > 0
+
+    def step(self, z, x0, eps, i, noise=None, previous=()):  # type: ignore[no-untyped-def]
+        r, c, s = self.coefficients[i]
+        if r == 0:
+            return x0
+        out = x0 + r * (z - x0)
+        if c != 0:
+            out = out + c * eps
+        if s > 0:
+            if noise is None:
+                raise ValueError(f"step {i} of a stochastic sampler needs noise")
+            out = out + s * noise
+        return out
+
+
 # --- registry ---------------------------------------------------------------------------------------
 SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDIM, DDPM, DPMSolverPP2M, DPMSolverPP3M)}
 

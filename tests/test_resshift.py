@@ -25,6 +25,7 @@ from toolkit.engine import SamplerOptions, sample_sr
 from toolkit.lightning import DiffusionSR
 from toolkit.operators import AreaDownsample
 from toolkit.process import GaussianProcess, process_from_spec, process_names
+from toolkit.process_indi import InDIProcess
 from toolkit.process_resshift import ResShiftProcess
 from toolkit.samplers import ShiftStepper
 from toolkit.spaces import PixelSpace, ResidualSpace
@@ -365,3 +366,91 @@ def test_memory_and_streamed_paths_agree(sampler: str, eta: float, spatial_dims:
     streamed, _ = _run(model, y, opts, Tiling(8, 4, batch=3), "disk", seed=11)
     mem, _ = model.upscale_with_uncertainty(torch.from_numpy(y)[None], NoiseField(11, channels), opts)  # type: ignore[arg-type]
     np.testing.assert_allclose(mem[0].numpy(), streamed, atol=1e-5)
+
+
+# --- InDI (Delbracio & Milanfar 2023): the same kind of process, a straight line to the input ---------------------
+def test_indi_schedule_and_marginal() -> None:
+    """``x_t = (1 - t) x0 + t y + t eps_t noise``: the grid, and mean/variance over N = 20000 seeded draws (as above)."""
+    proc = InDIProcess(timesteps=10, noise=0.1, noise_kind="brownian")
+    assert torch.equal(proc.t, torch.arange(1, 11, dtype=torch.float64) / 10)
+    torch.testing.assert_close(proc.sigma, 0.1 * proc.t.sqrt(), rtol=0, atol=1e-15)  # t * eps_0 / sqrt(t)
+    sch = proc.sampling_schedule(4)
+    assert sch.t == (9.0, 6.0, 3.0, 0.0) and sch.alpha[-1] == 1.0 and sch.sigma[-1] == 0.0
+    assert math.isclose(sch.alpha[0], 0.0, abs_tol=1e-15) and math.isclose(sch.alpha[-2], 0.9, rel_tol=1e-12)
+    n = 20000
+    x0 = torch.rand(1, 2, 3, 4, generator=_g(0), dtype=torch.float64)
+    y = torch.rand(1, 2, 3, 4, generator=_g(1), dtype=torch.float64)
+    for k in (0, 4, 9):
+        t, var = float(proc.t[k]), float(proc.sigma[k]) ** 2
+        noise = torch.randn(n, 2, 3, 4, generator=_g(20 + k), dtype=torch.float64)
+        xt = proc.q_sample(x0.expand(n, -1, -1, -1), torch.full((n,), k), noise, y.expand_as(noise))
+        assert float((xt.mean(0) - ((1 - t) * x0 + t * y)[0]).abs().max()) < 5 * math.sqrt(var / n)
+        assert float((xt.var(0) / var - 1).abs().max()) < 0.05
+    with pytest.raises(ValueError, match="needs the interpolated input"):
+        proc.prior(x0)
+    with pytest.raises(ValueError, match="its own iteration.*'ddpm'"):
+        proc.stepper("dpmpp_3m", 0.0, sch)
+
+
+@pytest.mark.parametrize("noise_kind", ["constant", "brownian"])
+def test_indi_step_is_the_papers_iteration(noise_kind: str) -> None:
+    """``x_t' = (1 - t'/t) F + (t'/t) x_t + t' sqrt(eps_t'^2 - eps_t^2) noise`` (Algorithm 1 with its noise), to 1e-12."""
+    proc = InDIProcess(timesteps=20, noise=0.05, noise_kind=noise_kind)  # type: ignore[arg-type]
+    sch = proc.sampling_schedule(6)
+    stepper = proc.stepper("ddpm", 0.0, sch)
+    f = torch.rand(1, 1, 3, 5, generator=_g(0), dtype=torch.float64)
+    x = torch.randn(1, 1, 3, 5, generator=_g(1), dtype=torch.float64)
+    n = torch.randn(1, 1, 3, 5, generator=_g(2), dtype=torch.float64)
+    eps = torch.full_like(f, math.nan)  # the iteration never looks at eps
+    eps_of = (lambda t: 0.05) if noise_kind == "constant" else (lambda t: 0.05 / math.sqrt(t))
+    for i in range(len(sch) - 1):
+        t, t2 = float(proc.t[int(sch.t[i])]), float(proc.t[int(sch.t[i + 1])])
+        top_up = t2 * math.sqrt(max(eps_of(t2) ** 2 - eps_of(t) ** 2, 0.0))
+        expected = (1 - t2 / t) * f + (t2 / t) * x + top_up * n
+        assert stepper.needs_noise(i) == (noise_kind == "brownian")
+        got = stepper.step(x, f, eps, i, n if stepper.needs_noise(i) else None)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    assert torch.equal(stepper.step(x, f, eps, len(sch) - 1), f)
+    if noise_kind == "constant":  # nothing to top up: ddim at any eta is the same plain iteration
+        det = proc.stepper("ddim", 0.0, sch)
+        y = torch.rand_like(f)
+        e = proc.eps_from_x0(x, f, torch.tensor([int(sch.t[0])]), y)
+        torch.testing.assert_close(det.step(x, f, e, 0), stepper.step(x, f, eps, 0), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("sampler", "eta", "steps", "noise_kind"), [
+    ("ddpm", 0.0, 100, "constant"), ("ddpm", 0.0, 5, "brownian"), ("ddim", 0.0, 3, "brownian"), ("ddpm", 0.0, 1, "constant"),
+])  # fmt: skip
+def test_indi_oracle_denoiser_lands_on_x0(sampler: str, eta: float, steps: int, noise_kind: str) -> None:
+    op = AreaDownsample(2)
+    x = torch.rand(1, 2, 6, 8, generator=_g(0)) * 2 - 1
+    opts = SamplerOptions(sampler=sampler, eta=eta, steps=steps, consistency="none")
+    proc = InDIProcess(noise=0.05, noise_kind=noise_kind)  # type: ignore[arg-type]
+    out = sample_sr(Oracle(x), proc, PixelSpace(), op, op.A(x), opts, _g(1))
+    assert torch.equal(out, x)
+
+
+def test_indi_spec_round_trip_and_training(tmp_path: Path) -> None:
+    proc = InDIProcess(timesteps=8, noise=0.02, noise_kind="brownian")
+    back = process_from_spec(proc.spec())
+    assert isinstance(back, InDIProcess) and back.spec() == proc.spec() and torch.equal(back.sigma, proc.sigma)
+    assert "indi" in process_names()
+    code = "from toolkit.process import process_from_spec; print(type(process_from_spec({'type': 'indi'})).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "InDIProcess"
+    torch.manual_seed(0)
+    net = UNetDenoiser(2, 1, num_channels=(8, 8), attention_levels=(False, False), norm_num_groups=8, num_head_channels=8)
+    module = DiffusionSR(net, AreaDownsample(2), space=PixelSpace(), process=proc,
+                         sampling=SamplerOptions(sampler="ddpm", steps=4), cond_drop_prob=0.0)
+    data = [{"hr": torch.rand(1, 16, 16, generator=_g(i))} for i in range(4)]
+    trainer = pl.Trainer(
+        max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        default_root_dir=str(tmp_path), callbacks=[FinalCheckpoint("last.ckpt", every_n_train_steps=0)],
+        limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu",
+    )
+    trainer.fit(module, DataLoader(data, batch_size=2), DataLoader(data[:2], batch_size=2))  # type: ignore[arg-type]
+    model = load_model(tmp_path / "last.ckpt")
+    assert isinstance(model.process, InDIProcess) and model.process.spec() == proc.spec()
+    y = torch.rand(1, 1, 8, 8, generator=_g(9))
+    a = model.upscale(y, _g(0))
+    assert a.shape == (1, 1, 16, 16) and torch.isfinite(a).all() and torch.equal(a, model.upscale(y, _g(0)))

@@ -11,7 +11,8 @@ this module indexes ``alpha_bar`` or writes its square roots:
   into ``(x0_hat, eps_hat)``, :meth:`Process.eps_from_x0` keeps the pair consistent when a
   guidance step changes ``x0_hat``, and :meth:`Process.loss_weights` weights the loss;
 * :meth:`Process.stepper` binds a sampler to a schedule: the registered sampler of that name,
-  or the process's own steps (residual shifting's posterior, :mod:`toolkit.process_resshift`);
+  or the process's own steps (residual shifting's posterior, :mod:`toolkit.process_resshift`;
+  InDI's iteration, :mod:`toolkit.process_indi`);
 * :meth:`Process.spec` is plain data with a ``type``; :func:`process_from_spec` rebuilds it
   (processes in modules of their own are imported when a spec names them).
 
@@ -279,7 +280,7 @@ class GaussianProcess(Process):
 
 _PROCESSES: dict[str, type[Process]] = {"gaussian": GaussianProcess}
 #: processes of this package that live in modules of their own, imported when a spec names them
-_BUILTIN_MODULES: dict[str, str] = {"resshift": "toolkit.process_resshift"}
+_BUILTIN_MODULES: dict[str, str] = {"resshift": "toolkit.process_resshift", "indi": "toolkit.process_indi"}
 
 
 def register_process(name: str, cls: type[Process]) -> None:

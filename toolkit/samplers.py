@@ -227,7 +227,10 @@ class ShiftStepper(Stepper):
         if a_next <= 0:
             return 0.0, 0.0, 0.0
         r = a_next / a
-        top_up = max(sigma_next**2 - (r * sigma) ** 2, 0.0)
+        top_up = sigma_next**2 - (r * sigma) ** 2
+        # none where the level's noise is the carried noise to rounding (InDI with constant noise,
+        # whose r = a' / a comes from ``1 - alpha``)
+        top_up = top_up if top_up > 1e-10 * sigma_next**2 else 0.0
         s = self.eta * math.sqrt(top_up)
         c = 0.0 if self.eta == 1.0 else math.sqrt(max(sigma_next**2 - s**2, 0.0)) - r * sigma
         return r, c, s

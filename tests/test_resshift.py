@@ -321,6 +321,15 @@ CONFIGS = {
         "--data.init_args.patch_size", "[16, 3, 16]", "--data.init_args.val_patch_size", "[16, 3, 16]",
         "--data.init_args.voxel_sizes", "[2.0]", *SMALL,
     ],
+    "mri/resshift_sr3d_slice_x4": [
+        "--data.init_args.train", str(ROOT / "data" / "mri" / "mni152_09a_t1_crop64.nii.gz"),
+        "--data.init_args.patch_size", "[16, 16, 16]", "--data.init_args.val_patch_size", "[16, 16, 16]",
+        "--data.init_args.voxel_sizes", "[2.0]", *SMALL,
+    ],
+    "faces/resshift_128": [
+        "--data.init_args.root", str(ROOT / "data" / "faces" / "congress_portraits"), "--data.init_args.size", "32",
+        "--data.init_args.val_count", "4", "--data.init_args.val_samples", "2", *SMALL,
+    ],
 }  # fmt: skip
 
 

@@ -259,8 +259,23 @@ def test_gaussian_outputs_are_pinned(key: tuple[str, str, str]) -> None:
 
 
 # --- spec, checkpoints, training ---------------------------------------------------------------------------
+def test_network_input_scaling() -> None:
+    """The reference code's ``_scale_input``: ``std`` divides by ``sqrt(kappa^2 eta + 1)``, ``max`` by ``3 kappa sqrt(eta) + 1``."""
+    z = torch.randn(3, 2, 4, 4, generator=_g(0), dtype=torch.float64)
+    t = torch.tensor([0.0, 7.0, 14.0])
+    assert torch.equal(ResShiftProcess().network_input(z, t), z)
+    assert torch.equal(GaussianProcess().network_input(z, t), z)
+    for mode in ("std", "max"):
+        proc = ResShiftProcess(kappa=2.0, normalize_input=mode)  # type: ignore[arg-type]
+        eta = proc.eta[t.long()].reshape(-1, 1, 1, 1)
+        div = (4 * eta + 1).sqrt() if mode == "std" else 6 * eta.sqrt() + 1
+        torch.testing.assert_close(proc.network_input(z, t), z / div, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="normalize_input"):
+        ResShiftProcess(normalize_input="unit")  # type: ignore[arg-type]
+
+
 def test_spec_round_trip_and_registry() -> None:
-    proc = ResShiftProcess(timesteps=4, kappa=1.0, power=0.5, loss_weighting="kl")
+    proc = ResShiftProcess(timesteps=4, kappa=1.0, power=0.5, loss_weighting="kl", normalize_input="max")
     back = process_from_spec(proc.spec())
     assert isinstance(back, ResShiftProcess) and back.spec() == proc.spec()
     assert torch.equal(back.eta, proc.eta)

@@ -110,6 +110,13 @@ class Process:
         """
         raise NotImplementedError
 
+    def network_input(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network sees of the state ``z_t`` at timesteps ``t`` ``(B,)``: the state itself by default.
+
+        A process whose states grow with the noise (residual shifting) may scale them to a steady range.
+        """
+        return z_t
+
     def stepper(self, sampler: str, eta: float, schedule: Schedule) -> Stepper:
         """The sampler named ``sampler`` bound to ``schedule``: the engine's one way to get its steps.
 

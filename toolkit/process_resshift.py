@@ -44,6 +44,7 @@ from toolkit.samplers import ShiftStepper, Stepper
 from toolkit.utils import append_dims, device_table
 
 LossWeighting = Literal["none", "kl"]
+InputScaling = Literal["none", "std", "max"]
 
 
 def resshift_sqrt_etas(timesteps: int, min_noise_level: float, etas_end: float, kappa: float, power: float) -> torch.Tensor:
@@ -86,6 +87,11 @@ class ResShiftProcess(Process):
         loss_weighting: ``none`` (plain MSE on ``x0``, the paper's SR setting) or ``kl`` (the
             reference code's ``WEIGHTED_MSE``: ``(alpha_t / eta_t)^2 / (2 posterior variance)``,
             the variational bound's weight; the first level takes the second's variance).
+        normalize_input: how :meth:`network_input` scales the state for the network (the reference
+            code's ``normalize_input``): ``none``; ``std``: by ``sqrt(kappa^2 eta_t + 1)``, the
+            state's standard deviation for unit-variance data (its latent-space setting); ``max``:
+            by ``3 kappa sqrt(eta_t) + 1``, the range of ``[-1, 1]`` data plus three noise standard
+            deviations (its pixel-space setting).
     """
 
     kind = "resshift"
@@ -99,9 +105,13 @@ class ResShiftProcess(Process):
         etas_end: float = 0.99,
         power: float = 0.3,
         loss_weighting: LossWeighting = "none",
+        normalize_input: InputScaling = "none",
     ) -> None:
         if loss_weighting not in ("none", "kl"):
             raise ValueError(f"unknown loss weighting {loss_weighting!r}; choose none or kl")
+        if normalize_input not in ("none", "std", "max"):
+            raise ValueError(f"unknown normalize_input {normalize_input!r}; choose none, std or max")
+        self.normalize_input = normalize_input
         self.timesteps = int(timesteps)
         self.kappa, self.min_noise_level = float(kappa), float(min_noise_level)
         self.etas_end, self.power, self.loss_weighting = float(etas_end), float(power), loss_weighting
@@ -134,6 +144,13 @@ class ResShiftProcess(Process):
         """``x_T = y + kappa sqrt(eta_T) noise`` (the reference code's ``prior_sample``)."""
         y = self._need(y, "the prior")
         return y + self.kappa * float(self.sqrt_eta[-1]) * noise
+
+    def network_input(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``z_t`` scaled as :attr:`normalize_input` says (unchanged for ``none``)."""
+        if self.normalize_input == "none":
+            return z_t
+        eta, std = self.coefficients(t, z_t)
+        return z_t / ((eta * self.kappa**2 + 1).sqrt() if self.normalize_input == "std" else 3 * std + 1)
 
     # --- parameterization --------------------------------------------------------------------
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -206,6 +223,7 @@ class ResShiftProcess(Process):
             "etas_end": self.etas_end,
             "power": self.power,
             "loss_weighting": self.loss_weighting,
+            "normalize_input": self.normalize_input,
         }
 
 

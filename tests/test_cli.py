@@ -243,6 +243,9 @@ SMOKE_TESTED_ELSEWHERE = {
     "faces/restore_128": "test_faces_pipeline.py",
     "satellite/pan_guided_x2": "test_reference.py",
     "satellite/prior_pucallpa": "test_classifier.py", "satellite/classifier_pucallpa": "test_classifier.py",
+    "images/resshift_x2": "test_resshift.py", "mri/resshift_sr2d_slice_x4": "test_resshift.py",
+    "mri/resshift_sr3d_slice_x4": "test_resshift.py", "satellite/resshift_x2": "test_resshift.py",
+    "faces/resshift_128": "test_resshift.py",
 }  # fmt: skip
 #: the rest, run here: tiny data and network per domain
 SMOKE_TESTED_HERE = {

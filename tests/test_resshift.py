@@ -480,3 +480,32 @@ def test_indi_spec_round_trip_and_training(tmp_path: Path) -> None:
     y = torch.rand(1, 1, 8, 8, generator=_g(9))
     a = model.upscale(y, _g(0))
     assert a.shape == (1, 1, 16, 16) and torch.isfinite(a).all() and torch.equal(a, model.upscale(y, _g(0)))
+
+
+def test_the_network_sees_the_scaled_state_in_sampling_and_training() -> None:
+    """``normalize_input`` reaches the network on both paths: the sampler's model function and the training loss."""
+    from toolkit.guidance import classifier_free
+    from toolkit.lightning import denoising_loss
+
+    seen: list[torch.Tensor] = []
+
+    class Recorder(nn.Module):
+        def forward(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, drop: torch.Tensor | None = None) -> torch.Tensor:
+            seen.append(z.detach().clone())
+            return torch.zeros_like(z)
+
+    process = ResShiftProcess(normalize_input="std")
+    z = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([3.0, 10.0])
+    classifier_free(Recorder(), process, torch.zeros_like(z))(z, t)
+    torch.testing.assert_close(seen[-1], process.network_input(z, t))
+    assert not torch.allclose(seen[-1], z)
+    x, y = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 4, 4)
+    denoising_loss(Recorder(), process, PixelSpace(), x, y, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)  # the same draws as the loss made
+    tt = torch.randint(0, process.timesteps, (2,), generator=g)
+    noise = torch.randn(x.shape, generator=g)
+    from toolkit.utils import upsample
+
+    z_t = process.q_sample(x, tt, noise, upsample(y, x.shape[2:]))
+    torch.testing.assert_close(seen[-1], process.network_input(z_t, tt))

@@ -27,11 +27,12 @@ def classifier_free(denoiser: nn.Module, process: Process, cond: torch.Tensor, g
     w = float(guidance_scale)
 
     def model_fn(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zi = process.network_input(z, t)  # what the network sees of the state (the state itself, unless the process scales it)
         if w == 1.0:
-            out = denoiser(z, t, cond)
+            out = denoiser(zi, t, cond)
         else:
             drop = torch.cat([torch.zeros(z.shape[0], dtype=torch.bool), torch.ones(z.shape[0], dtype=torch.bool)])
-            both = denoiser(torch.cat([z, z]), torch.cat([t, t]), torch.cat([cond, cond]), drop.to(z.device))
+            both = denoiser(torch.cat([zi, zi]), torch.cat([t, t]), torch.cat([cond, cond]), drop.to(z.device))
             out_c, out_u = both.chunk(2)
             out = (1 - w) * out_u + w * out_c
         return process.predict(out, z, t)

@@ -55,7 +55,7 @@ def denoising_loss(
         t = torch.randint(0, process.timesteps, (b,), generator=generator).to(dev)
         noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype).to(dev)
     if y is None:
-        out = denoiser(process.q_sample(z0, t, noise), t.float(), None)
+        out = denoiser(process.network_input(process.q_sample(z0, t, noise), t), t.float(), None)
     else:
         cond = space.condition(y, x.shape[2:])
         if reference is not None:
@@ -63,7 +63,7 @@ def denoising_loss(
         y_state = space.encode(upsample(y, x.shape[2:]), y) if process.conditional else None
         z_t = process.q_sample(z0, t, noise, y_state)
         u = torch.rand(b, device=dev) if generator is None else torch.rand(b, generator=generator).to(dev)
-        out = denoiser(z_t, t.float(), cond, u < cond_drop_prob)
+        out = denoiser(process.network_input(z_t, t), t.float(), cond, u < cond_drop_prob)
     per_sample = F.mse_loss(out, process.target(z0, noise, t), reduction="none").flatten(1).mean(1)
     return (per_sample * process.loss_weights(t)).mean()
 

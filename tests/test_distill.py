@@ -147,3 +147,19 @@ def test_run_distill_end_to_end(teacher: Path, tmp_path: Path) -> None:
         run_distill(teacher, [config], tmp_path / "run", max_steps=1)
     with pytest.raises(InputError, match="replace its teacher"):
         run_distill(teacher, [config], teacher.parent, max_steps=1, overwrite=True)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "resshift"])
+def test_one_step_ddim_to_the_clean_state_outputs_x0(kind: str) -> None:
+    """(c) for both processes a student can be distilled from: the 1-step schedule ends at the clean
+    state and the deterministic step onto it returns ``x0_hat`` bit for bit."""
+    from toolkit.process import process_from_spec
+
+    process = process_from_spec({"type": kind})
+    schedule = process.sampling_schedule(1)
+    assert schedule.t == (float(process.timesteps - 1),)
+    stepper = process.stepper("ddim", 0.0, schedule)
+    g = torch.Generator().manual_seed(0)
+    z, x0, eps = (torch.randn(2, 3, 6, 10, generator=g) for _ in range(3))
+    assert not stepper.needs_noise(0)
+    assert torch.equal(stepper.step(z, x0, eps, 0, None, []), x0)

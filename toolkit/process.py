@@ -287,7 +287,11 @@ class GaussianProcess(Process):
 
 _PROCESSES: dict[str, type[Process]] = {"gaussian": GaussianProcess}
 #: processes of this package that live in modules of their own, imported when a spec names them
-_BUILTIN_MODULES: dict[str, str] = {"resshift": "toolkit.process_resshift", "indi": "toolkit.process_indi"}
+_BUILTIN_MODULES: dict[str, str] = {
+    "resshift": "toolkit.process_resshift",
+    "indi": "toolkit.process_indi",
+    "cold": "toolkit.process_cold",
+}
 
 
 def register_process(name: str, cls: type[Process]) -> None:

@@ -165,6 +165,25 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--overwrite", action="store_true", help="replace an existing DIR/last.ckpt")
     a.add_argument("extra", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
+    s = sub.add_parser(
+        "distill", help="distil a trained Gaussian/ResShift checkpoint into a one-step student (SinSR)",
+        description="Train a student that maps the start state to the end point of TEACHER's deterministic sampler and write "
+        "OUT/last.ckpt, an ordinary checkpoint. Arguments after '--' go to the LightningCLI fit.",
+    )
+    s.add_argument("--teacher", required=True, help="the trained checkpoint (only read)")
+    s.add_argument("--config", "--data", dest="data", nargs="+", required=True, metavar="DATA",
+                   help="a datamodule config (YAML with a 'data:' section), or data files/folders")
+    s.add_argument("--out", required=True, metavar="DIR", help="run folder; the student is DIR/last.ckpt")
+    s.add_argument("--teacher-steps", type=_count(1), default=None, help="teacher DDIM steps (default: the checkpoint's)")
+    s.add_argument("--student-steps", type=int, choices=[1, 2], default=1)
+    s.add_argument("--lambda-denoise", type=_real(0), default=0.0, help="weight of the ordinary denoising loss (default 0)")
+    s.add_argument("--lr", type=_real(0, above=True), default=1e-4)
+    s.add_argument("--max-steps", type=_count(1), default=None, help="training steps (default 500 unless --max-time)")
+    s.add_argument("--max-time", default=None, metavar="DD:HH:MM:SS")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing DIR/last.ckpt")
+    s.add_argument("extra", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
     m = sub.add_parser("demo", help="train a small model on the shipped photos, evaluate it on held-back ones")
     m.add_argument("--minutes", type=_real(0, above=True), default=10.0, help="total time budget (training gets what evaluation leaves)")
     m.add_argument("--out", default="runs/demo", help="output folder")
@@ -464,6 +483,17 @@ def _command(args: argparse.Namespace, tiling: Any) -> int:
         out = run_adapt(
             args.checkpoint, args.data, args.out, args.hr_free, args.freeze, args.lora, args.lora_alpha, args.keep_normalization,
             args.lr, args.warmup_steps, args.max_steps, args.max_time, args.seed, args.overwrite, extra,
+        )
+        print(f"wrote {out}")
+    elif args.command == "distill":
+        from pipelines.distill import run_distill
+
+        extra = list(args.extra)
+        if extra and extra[0] == "--":
+            extra = extra[1:]
+        out = run_distill(
+            args.teacher, args.data, args.out, args.max_steps, args.max_time, args.lr, args.teacher_steps,
+            args.student_steps, args.lambda_denoise, args.seed, args.overwrite, extra,
         )
         print(f"wrote {out}")
     elif args.command == "demo":

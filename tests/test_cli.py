@@ -246,6 +246,8 @@ SMOKE_TESTED_ELSEWHERE = {
     "images/resshift_x2": "test_resshift.py", "mri/resshift_sr2d_slice_x4": "test_resshift.py",
     "mri/resshift_sr3d_slice_x4": "test_resshift.py", "satellite/resshift_x2": "test_resshift.py",
     "faces/resshift_128": "test_resshift.py",
+    "images/indi_x2": "test_processes.py", "satellite/indi_x2": "test_processes.py",
+    "images/cold_x2": "test_processes.py",
 }  # fmt: skip
 #: the rest, run here: tiny data and network per domain
 SMOKE_TESTED_HERE = {

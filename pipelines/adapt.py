@@ -8,6 +8,7 @@ data files. The adapted checkpoint is written to ``OUT/last.ckpt``; the source i
 
 from __future__ import annotations
 
+import importlib
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,31 +93,8 @@ def run_adapt(
         overwrite: replace an existing ``out/last.ckpt``.
         extra: more LightningCLI arguments (``--data.init_args.batch_size 4``, ``--trainer.devices 2``).
     """
-    from pipelines.cli import lightning_main
-    from toolkit.checkpoint import read_checkpoint
-
-    src = Path(checkpoint)
-    read_checkpoint(src)  # validated before any work: one line naming the file
-    out = Path(out)
-    target = out / "last.ckpt"
-    if target.resolve() == src.resolve():
-        raise InputError(f"{target}: the adapted checkpoint would replace its source")
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target}: output exists (use --overwrite to replace it)")
+    src, target = checked_output(checkpoint, out, overwrite, "the adapted checkpoint would replace its source")
     section = data_section(src, data, hr_free)
-    trainer: dict[str, Any] = {
-        "accelerator": "auto",
-        "devices": 1,
-        "max_epochs": -1,
-        "max_steps": int(max_steps) if max_steps else (-1 if max_time else 500),
-        "log_every_n_steps": 10,
-        "num_sanity_val_steps": 0,
-        "enable_checkpointing": False,
-        "default_root_dir": str(out),
-        "callbacks": [{"class_path": "toolkit.callbacks.FinalCheckpoint", "init_args": {"path": "last.ckpt", "every_n_train_steps": 0}}],
-    }
-    if max_time:
-        trainer["max_time"] = max_time
     model = {
         "class_path": "toolkit.adapt.AdaptSR",
         "init_args": {
@@ -131,18 +109,73 @@ def run_adapt(
             "seed": int(seed),
         },
     }
-    config = {"seed_everything": int(seed), "trainer": trainer, "model": model, "data": section}
+    return fit_from_checkpoint("adapt", model, section, target, max_steps, max_time, seed, extra)
+
+
+def checked_output(source: str | Path, out: str | Path, overwrite: bool, replaces: str) -> tuple[Path, Path]:
+    """The validated source checkpoint and the run's ``out/last.ckpt``, before any work.
+
+    Raises:
+        CheckpointError: the source is not a readable diffsr checkpoint (one line naming it).
+        InputError: the output would replace the source (``replaces`` says so).
+        FileExistsError: the output exists and ``overwrite`` is False.
+    """
+    from toolkit.checkpoint import read_checkpoint
+
+    src = Path(source)
+    read_checkpoint(src)
+    target = Path(out) / "last.ckpt"
+    if target.resolve() == src.resolve():
+        raise InputError(f"{target}: {replaces}")
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target}: output exists (use --overwrite to replace it)")
+    return src, target
+
+
+def fit_from_checkpoint(
+    name: str,
+    model: dict[str, Any],
+    data: dict[str, Any],
+    target: Path,
+    max_steps: int | None,
+    max_time: str | None,
+    seed: int,
+    extra: Sequence[str] = (),
+    trainer_args: dict[str, Any] | None = None,
+) -> Path:
+    """Run a LightningCLI fit of ``model`` (``class_path``/``init_args``) on ``data`` into ``target`` (``out/last.ckpt``).
+
+    The budget is ``max_steps`` and/or ``max_time`` (default 500 steps); the config is kept as
+    ``out/NAME_config.yaml``; ``trainer_args`` add to the trainer's. Returns ``target``.
+    """
+    from pipelines.cli import lightning_main
+
+    out = target.parent
+    trainer: dict[str, Any] = {
+        "accelerator": "auto",
+        "devices": 1,
+        "max_epochs": -1,
+        "max_steps": int(max_steps) if max_steps else (-1 if max_time else 500),
+        "log_every_n_steps": 10,
+        "num_sanity_val_steps": 0,
+        "enable_checkpointing": False,
+        "default_root_dir": str(out),
+        "callbacks": [{"class_path": "toolkit.callbacks.FinalCheckpoint", "init_args": {"path": "last.ckpt", "every_n_train_steps": 0}}],
+        **(trainer_args or {}),
+    }
+    if max_time:
+        trainer["max_time"] = max_time
+    config = {"seed_everything": int(seed), "trainer": trainer, "model": model, "data": data}
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=out, prefix=".adapt-", delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=out, prefix=f".{name}-", delete=False) as f:
         yaml.safe_dump(config, f, sort_keys=False)
         path = Path(f.name)
     try:
-        import toolkit.adapt  # noqa: F401 - the model class the config names
-
+        importlib.import_module(model["class_path"].rpartition(".")[0])  # the model class the config names
         lightning_main(["fit", "--config", str(path), *extra])
     finally:
         path.unlink(missing_ok=True)
-    (out / "adapt_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (out / f"{name}_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     if not target.is_file():
-        raise InputError(f"{target}: the adaptation wrote no checkpoint (a budget of zero steps?)")
+        raise InputError(f"{target}: the {name} run wrote no checkpoint (a budget of zero steps?)")
     return target

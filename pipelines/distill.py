@@ -7,15 +7,11 @@ an ordinary checkpoint that ``diffsr upscale`` and ``evaluate`` take; the teache
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from domains.base import InputError
-from pipelines.adapt import data_section
+from pipelines.adapt import checked_output, data_section, fit_from_checkpoint
 
 
 def run_distill(
@@ -45,34 +41,10 @@ def run_distill(
         overwrite: replace an existing ``out/last.ckpt``.
         extra: more LightningCLI arguments (``--data.init_args.batch_size 4``).
     """
-    from pipelines.cli import lightning_main
-    from toolkit.checkpoint import read_checkpoint
-
-    src = Path(teacher)
-    read_checkpoint(src)  # validated before any work: one line naming the file
-    out = Path(out)
-    target = out / "last.ckpt"
-    if target.resolve() == src.resolve():
-        raise InputError(f"{target}: the student checkpoint would replace its teacher")
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target}: output exists (use --overwrite to replace it)")
+    src, target = checked_output(teacher, out, overwrite, "the student checkpoint would replace its teacher")
     if int(student_steps) not in (1, 2):
         raise InputError(f"--student-steps {student_steps}: expected 1 or 2")
     section = data_section(src, data, False)
-    trainer: dict[str, Any] = {
-        "accelerator": "auto",
-        "devices": 1,
-        "max_epochs": -1,
-        "max_steps": int(max_steps) if max_steps else (-1 if max_time else 500),
-        "log_every_n_steps": 10,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-        "enable_checkpointing": False,
-        "default_root_dir": str(out),
-        "callbacks": [{"class_path": "toolkit.callbacks.FinalCheckpoint", "init_args": {"path": "last.ckpt", "every_n_train_steps": 0}}],
-    }
-    if max_time:
-        trainer["max_time"] = max_time
     model = {
         "class_path": "toolkit.distill.DistillSR",
         "init_args": {
@@ -84,18 +56,4 @@ def run_distill(
             "seed": int(seed),
         },
     }
-    config = {"seed_everything": int(seed), "trainer": trainer, "model": model, "data": section}
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=out, prefix=".distill-", delete=False) as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-        path = Path(f.name)
-    try:
-        import toolkit.distill  # noqa: F401 - the model class the config names
-
-        lightning_main(["fit", "--config", str(path), *extra])
-    finally:
-        path.unlink(missing_ok=True)
-    (out / "distill_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    if not target.is_file():
-        raise InputError(f"{target}: the distillation wrote no checkpoint (a budget of zero steps?)")
-    return target
+    return fit_from_checkpoint("distill", model, section, target, max_steps, max_time, seed, extra, {"limit_val_batches": 0})

@@ -294,6 +294,45 @@ _BUILTIN_MODULES: dict[str, str] = {
 }
 
 
+class InputStartProcess(Process):
+    """The shared part of the processes that start from the input (ResShift, InDI, cold diffusion).
+
+    Their states move from ``x0`` towards ``y``, the interpolated input in the state space, so they
+    are :attr:`~Process.conditional`; the network predicts ``x0``; their ``T`` timesteps are few and
+    sampled on an even grid. Subclasses set :attr:`title` (named in errors) and the forward maths.
+    """
+
+    conditional = True
+    #: the process as errors name it
+    title: ClassVar[str] = "this"
+
+    def _need(self, y: torch.Tensor | None, what: str) -> torch.Tensor:
+        """``y``, or a one-line error: these processes cannot run without the input."""
+        if y is None:
+            raise ValueError(f"the {self.title} process needs the interpolated input y for {what}")
+        return y
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x0
+
+    def predict(self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0_hat, eps_hat)``: the output is ``x0_hat``; ``eps_hat`` needs the input, so it is NaN here
+        (the engine computes what it needs with :meth:`eps_from_x0` and the input)."""
+        return out, torch.full_like(out, math.nan)
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.ones(t.shape, device=t.device)
+
+    def timestep_grid(self, steps: int, t_start: int | None = None) -> list[int]:
+        """``steps`` evenly spaced timesteps from ``t_start`` (default ``T - 1``) down to 0, without repeats."""
+        top = self.timesteps - 1 if t_start is None else int(t_start)
+        if not 0 <= top < self.timesteps:
+            raise ValueError(f"t_start must be in [0, {self.timesteps - 1}] for this {self.timesteps}-step process, got {t_start}")
+        steps = max(1, min(int(steps), top + 1))
+        ts = torch.linspace(top, 0, steps, dtype=torch.float64).round().long()
+        return [int(t) for t in torch.unique_consecutive(ts)]
+
+
 def register_process(name: str, cls: type[Process]) -> None:
     """Allow checkpoints to rebuild process ``cls`` from a spec whose ``type`` is ``name`` in this process.
 

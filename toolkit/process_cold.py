@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 
-from toolkit.process import Process, Schedule, register_process
+from toolkit.process import InputStartProcess, Schedule, register_process
 from toolkit.samplers import Stepper
 from toolkit.utils import append_dims, device_table
 
@@ -53,7 +53,7 @@ class ColdStepper(Stepper):
         return degraded + eps if self.tacos else degraded
 
 
-class ColdProcess(Process):
+class ColdProcess(InputStartProcess):
     """Cold diffusion (Bansal et al., 2022): ``D(x0, t) = (1 - s_t) x0 + s_t y``, deterministic, prior ``y``.
 
     Args:
@@ -63,7 +63,7 @@ class ColdProcess(Process):
     """
 
     kind = "cold"
-    conditional = True
+    title = "cold"
 
     def __init__(self, timesteps: int = 20, schedule: BlendSchedule = "cosine", sigma_min: float = 0.0) -> None:
         if int(timesteps) < 1:
@@ -85,12 +85,6 @@ class ColdProcess(Process):
             self._tables[like.device] = device_table(self.s, like.device)
         return append_dims(self._tables[like.device][t.to(like.device).long()].to(like.dtype), like.ndim)
 
-    @staticmethod
-    def _need(y: torch.Tensor | None, what: str) -> torch.Tensor:
-        if y is None:
-            raise ValueError(f"the cold process needs the interpolated input y for {what}")
-        return y
-
     def degrade(self, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``D(x0, t) = (1 - s_t) x0 + s_t y``, ``(B, C, *spatial)``."""
         return x0 + self.blend(t, x0) * (y - x0)
@@ -104,30 +98,11 @@ class ColdProcess(Process):
         """``x_T = D(x0, T) = y``: no noise."""
         return self._need(y, "the prior").clone()
 
-    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return x0
-
-    def predict(self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x0_hat, eps_hat)``: the output is ``x0_hat``; the residual needs the input, so it is NaN here."""
-        return out, torch.full_like(out, math.nan)
-
     def eps_from_x0(
         self, z_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The residual ``x_t - D(x0, t)`` (unscaled: what the degradation of ``x0`` leaves unexplained)."""
         return z_t - self.degrade(x0, t, self._need(y, "eps_from_x0"))
-
-    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.ones(t.shape, device=t.device)
-
-    def timestep_grid(self, steps: int, t_start: int | None = None) -> list[int]:
-        """``steps`` evenly spaced indices from ``t_start`` (default ``T - 1``) down to 0, without repeats."""
-        top = self.timesteps - 1 if t_start is None else int(t_start)
-        if not 0 <= top < self.timesteps:
-            raise ValueError(f"t_start must be in [0, {self.timesteps - 1}] for this {self.timesteps}-step process, got {t_start}")
-        steps = max(1, min(int(steps), top + 1))
-        ts = torch.linspace(top, 0, steps, dtype=torch.float64).round().long()
-        return [int(t) for t in torch.unique_consecutive(ts)]
 
     def sampling_schedule(self, steps: int, t_start: int | None = None) -> Schedule:
         """The severities ``t_start .. 0`` and the clean state: ``alpha = 1 - s_t``, ``sigma = sigma_min`` (0 at the end)."""

@@ -27,19 +27,18 @@ residual (it trains and samples, but prefer pixel space).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
 
-from toolkit.process import Process, Schedule, register_process
+from toolkit.process import InputStartProcess, Schedule, register_process
 from toolkit.samplers import ShiftStepper, Stepper
 from toolkit.utils import append_dims, device_table
 
 NoiseKind = Literal["constant", "brownian"]
 
 
-class InDIProcess(Process):
+class InDIProcess(InputStartProcess):
     """InDI (Delbracio & Milanfar, 2023): ``x_t = (1 - t) x0 + t y + t eps_t noise`` on ``t = 1/T .. 1``.
 
     In the input's frame ``x_t - y = (1 - t)(x0 - y) + t eps_t noise``: the sampling schedule's
@@ -52,7 +51,7 @@ class InDIProcess(Process):
     """
 
     kind = "indi"
-    conditional = True
+    title = "InDI"
 
     def __init__(self, timesteps: int = 100, noise: float = 0.01, noise_kind: NoiseKind = "constant") -> None:
         if int(timesteps) < 1:
@@ -76,12 +75,6 @@ class InDIProcess(Process):
         coef = self._tables[like.device][:, t.to(like.device).long()].to(like.dtype)
         return append_dims(coef[0], like.ndim), append_dims(coef[1], like.ndim)
 
-    @staticmethod
-    def _need(y: torch.Tensor | None, what: str) -> torch.Tensor:
-        if y is None:
-            raise ValueError(f"the InDI process needs the interpolated input y for {what}")
-        return y
-
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """``x_t = (1 - t) x0 + t y + t eps_t noise``."""
         y = self._need(y, "q_sample")
@@ -93,13 +86,6 @@ class InDIProcess(Process):
         y = self._need(y, "the prior")
         return y + float(self.sigma[-1]) * noise
 
-    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return x0
-
-    def predict(self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x0_hat, eps_hat)``: the output is ``x0_hat``; ``eps_hat`` needs the input, so it is NaN here."""
-        return out, torch.full_like(out, math.nan)
-
     def eps_from_x0(
         self, z_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -109,18 +95,6 @@ class InDIProcess(Process):
         if self.noise == 0:
             return torch.zeros_like(z_t)
         return (z_t - x0 - tt * (y - x0)) / sigma
-
-    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.ones(t.shape, device=t.device)
-
-    def timestep_grid(self, steps: int, t_start: int | None = None) -> list[int]:
-        """``steps`` evenly spaced indices from ``t_start`` (default ``T - 1``) down to 0, without repeats."""
-        top = self.timesteps - 1 if t_start is None else int(t_start)
-        if not 0 <= top < self.timesteps:
-            raise ValueError(f"t_start must be in [0, {self.timesteps - 1}] for this {self.timesteps}-step process, got {t_start}")
-        steps = max(1, min(int(steps), top + 1))
-        ts = torch.linspace(top, 0, steps, dtype=torch.float64).round().long()
-        return [int(t) for t in torch.unique_consecutive(ts)]
 
     def sampling_schedule(self, steps: int, t_start: int | None = None) -> Schedule:
         """The levels ``t_start .. 0`` and the clean state: ``alpha = 1 - t``, ``sigma = t eps_t`` (1 and 0 at the end)."""

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import torch
 
-from toolkit.process import Process, Schedule, register_process
+from toolkit.process import InputStartProcess, Schedule, register_process
 from toolkit.samplers import ShiftStepper, Stepper
 from toolkit.utils import append_dims, device_table
 
@@ -70,7 +70,7 @@ def resshift_sqrt_etas(timesteps: int, min_noise_level: float, etas_end: float, 
     return start * torch.exp(growth * exponent)
 
 
-class ResShiftProcess(Process):
+class ResShiftProcess(InputStartProcess):
     """Residual shifting (Yue et al., 2023): ``x_t = x0 + eta_t (y - x0) + kappa sqrt(eta_t) noise``.
 
     The network predicts ``x0`` (the paper's choice). :meth:`Schedule.alpha` and ``sigma`` of its
@@ -95,7 +95,7 @@ class ResShiftProcess(Process):
     """
 
     kind = "resshift"
-    conditional = True
+    title = "residual-shifting"
 
     def __init__(
         self,
@@ -128,12 +128,6 @@ class ResShiftProcess(Process):
         coef = self._tables[like.device][:, t.to(like.device).long()].to(like.dtype)
         return append_dims(coef[0], like.ndim), append_dims(coef[1], like.ndim)
 
-    @staticmethod
-    def _need(y: torch.Tensor | None, what: str) -> torch.Tensor:
-        if y is None:
-            raise ValueError(f"the residual-shifting process needs the interpolated input y for {what}")
-        return y
-
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """``x_t = x0 + eta_t (y - x0) + kappa sqrt(eta_t) noise`` (the paper's eq. 4)."""
         y = self._need(y, "q_sample")
@@ -153,16 +147,6 @@ class ResShiftProcess(Process):
         return z_t / ((eta * self.kappa**2 + 1).sqrt() if self.normalize_input == "std" else 3 * std + 1)
 
     # --- parameterization --------------------------------------------------------------------
-    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return x0
-
-    def predict(self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x0_hat, eps_hat)``: the output is ``x0_hat``; ``eps_hat`` needs the input, so it is NaN here.
-
-        The engine computes the noise it needs with :meth:`eps_from_x0` and the input.
-        """
-        return out, torch.full_like(out, math.nan)
-
     def eps_from_x0(
         self, z_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -182,15 +166,6 @@ class ResShiftProcess(Process):
         return w[t.long().cpu()].float().to(t.device)
 
     # --- sampling ---------------------------------------------------------------------------
-    def timestep_grid(self, steps: int, t_start: int | None = None) -> list[int]:
-        """``steps`` evenly spaced timesteps from ``t_start`` (default ``T - 1``) down to 0, without repeats."""
-        top = self.timesteps - 1 if t_start is None else int(t_start)
-        if not 0 <= top < self.timesteps:
-            raise ValueError(f"t_start must be in [0, {self.timesteps - 1}] for this {self.timesteps}-step process, got {t_start}")
-        steps = max(1, min(int(steps), top + 1))
-        ts = torch.linspace(top, 0, steps, dtype=torch.float64).round().long()
-        return [int(t) for t in torch.unique_consecutive(ts)]
-
     def sampling_schedule(self, steps: int, t_start: int | None = None) -> Schedule:
         """The levels ``t_start .. 0`` (``steps <= T`` of them; fewer subsample) and the clean state.
 
